@@ -1,0 +1,16 @@
+"""Draft heads that ship with dyndepth, one folder per zoo model name (EAGLE format, bf16 safetensors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HEADS_DIR = Path(__file__).parent
+
+
+def shipped_head(model_name: str) -> Path | None:
+    path = HEADS_DIR / model_name
+    return path if (path / "config.json").is_file() else None
+
+
+def shipped_heads() -> list[str]:
+    return sorted(p.name for p in HEADS_DIR.iterdir() if (p / "config.json").is_file())

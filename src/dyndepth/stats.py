@@ -1,0 +1,79 @@
+"""Statistics of one generation: per step and in total."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class StepStats:
+    committed: int  # tokens committed this step (a + 1 before stop/max trimming)
+    depth: int  # levels the head drafted (0 = no draft)
+    tree_size: int  # tokens verified, root included (N)
+    draft_time_s: float
+    verify_time_s: float
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prefill_time_s: float = 0.0
+    total_time_s: float = 0.0
+    stop_reason: str = ""  # "stop_token", "max_new_tokens" or "context"
+    step_stats: list[StepStats] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return len(self.step_stats)
+
+    @property
+    def accept_lengths(self) -> list[int]:
+        """Tokens committed per step (a + 1); the first token, produced by the prefill, is not a step."""
+        return [s.committed for s in self.step_stats]
+
+    @property
+    def depths(self) -> list[int]:
+        return [s.depth for s in self.step_stats]
+
+    @property
+    def draft_time_s(self) -> float:
+        return sum(s.draft_time_s for s in self.step_stats)
+
+    @property
+    def verify_time_s(self) -> float:
+        return sum(s.verify_time_s for s in self.step_stats)
+
+    @property
+    def other_time_s(self) -> float:
+        return max(0.0, self.total_time_s - self.prefill_time_s - self.draft_time_s - self.verify_time_s)
+
+    @property
+    def mean_accepted_tokens(self) -> float:
+        """tau: mean tokens committed per step (1.0 for plain decoding)."""
+        return sum(self.accept_lengths) / self.steps if self.steps else 0.0
+
+    @property
+    def mean_depth(self) -> float:
+        return sum(self.depths) / self.steps if self.steps else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.total_time_s if self.total_time_s > 0 else 0.0
+
+    def summary(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens, "new_tokens": self.new_tokens, "steps": self.steps,
+            "mean_accepted_tokens": round(self.mean_accepted_tokens, 4), "mean_depth": round(self.mean_depth, 3),
+            "tokens_per_s": round(self.tokens_per_s, 3), "total_time_s": round(self.total_time_s, 4),
+            "prefill_time_s": round(self.prefill_time_s, 4), "draft_time_s": round(self.draft_time_s, 4),
+            "verify_time_s": round(self.verify_time_s, 4), "other_time_s": round(self.other_time_s, 4),
+            "stop_reason": self.stop_reason,
+        }
+
+    def to_dict(self) -> dict:
+        d = self.summary()
+        d["accept_lengths"] = self.accept_lengths
+        d["depths"] = self.depths
+        d["steps_detail"] = [asdict(s) for s in self.step_stats]
+        return d

@@ -1,0 +1,146 @@
+"""The target model: an unmodified transformers causal LM behind a small interface.
+
+Every target forward goes through ``Target.forward``: new tokens at explicit position ids, an explicit additive
+4D mask over (cached + new) keys, appended to the KV cache. It returns the target's logits and its features
+(the final-normed last hidden states, i.e. exactly the input of ``lm_head``, which the draft head consumes).
+Prefill, plain decoding (a one-node tree) and tree verification are all this one call.
+
+KV cache handling: after verification the cache holds ``L`` committed entries followed by the ``N`` tree
+entries. ``commit_path`` moves the entries of the accepted path (root + accepted nodes) to ``L .. L+a`` and
+drops the rest, for every layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from dyndepth.errors import DyndepthError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise DyndepthError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+class Target:
+    def __init__(self, model, tokenizer=None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.base = model.get_decoder()  # the transformer body: returns final-normed hidden states
+        self.lm_head = model.get_output_embeddings()
+        self.embed = model.get_input_embeddings()
+        self.softcap = getattr(self.config, "final_logit_softcapping", None)
+        self.dtype = next(model.parameters()).dtype
+        self.device = next(model.parameters()).device
+        self.cache: DynamicCache | None = None
+        self.length = 0  # committed entries in the KV cache (L)
+        # Sliding-window attention (Gemma 3, Mistral): a custom mask overrides the model's own window, so the
+        # window is applied here. The cache keeps every position in every layer (no ring buffers).
+        layer_types = list(getattr(self.config, "layer_types", None) or [])
+        window = getattr(self.config, "sliding_window", None)
+        if getattr(self.config, "use_sliding_window", True) is False:
+            window = None
+        self.window = int(window) if window else None
+        self.mask_kinds = sorted(set(layer_types)) if "sliding_attention" in layer_types else None
+        self.all_sliding = self.window is not None and not layer_types
+
+    @classmethod
+    def from_pretrained(cls, model: str, dtype="float32", device="cpu") -> "Target":
+        from dyndepth.models import locate_model
+
+        path = locate_model(model)
+        torch_dtype = parse_dtype(dtype)
+        tok = AutoTokenizer.from_pretrained(path)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
+        return cls(lm, tok)
+
+    @property
+    def max_context(self) -> int:
+        return int(getattr(self.config, "max_position_embeddings", 2048))
+
+    def stop_token_ids(self) -> set[int]:
+        """EOS ids of the model and its generation config, plus common chat end-of-turn tokens."""
+        ids: set[int] = set()
+        for source in (self.config, getattr(self.model, "generation_config", None), self.tokenizer):
+            eos = getattr(source, "eos_token_id", None) if source is not None else None
+            if isinstance(eos, int):
+                ids.add(eos)
+            elif isinstance(eos, (list, tuple)):
+                ids.update(int(e) for e in eos)
+        if self.tokenizer is not None:
+            vocab = self.tokenizer.get_vocab()
+            for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>"):
+                if t in vocab and t in getattr(self.tokenizer, "all_special_tokens", []):
+                    ids.add(vocab[t])
+        return ids
+
+    # -- forward ---------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.cache = DynamicCache()  # no config: plain full-length layers, which compaction can index
+        self.length = 0
+
+    def attention_mask(self, visible: torch.Tensor, q_pos: torch.Tensor):
+        """visible [n, S] bool over (committed + new) keys, q_pos [n] -> what the model's forward takes:
+        an additive float mask [1, 1, n, S], or a dict of them per layer type when some layers slide."""
+        neg = torch.finfo(self.dtype).min
+
+        def additive(vis):
+            return torch.zeros(vis.shape, dtype=self.dtype, device=self.device).masked_fill_(~vis, neg)[None, None]
+
+        if self.window is None:
+            return additive(visible)
+        s = visible.shape[1]
+        k_pos = torch.cat([torch.arange(self.length, device=self.device), q_pos])[:s]  # [S] key positions
+        in_window = k_pos[None, :] > (q_pos[:, None] - self.window)  # [n, S]
+        if self.all_sliding:
+            return additive(visible & in_window)
+        masks = {"full_attention": additive(visible), "sliding_attention": additive(visible & in_window)}
+        return {kind: masks[kind] for kind in self.mask_kinds}
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(features)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor,
+                all_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens [n], positions [n], visible [n, L + n] bool (which keys each new token sees) ->
+        logits [n, V] (or [1, V] for the last token when all_logits is False), features [n, H]."""
+        mask = self.attention_mask(visible, positions)
+        out = self.base(input_ids=tokens[None], position_ids=positions[None], attention_mask=mask,
+                        cache=self.cache, use_cache=True)
+        feats = out.last_hidden_state[0]  # [n, H]
+        logits = self.logits_from_features(feats if all_logits else feats[-1:])
+        return logits.float(), feats
+
+    def prefill(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids [L] -> (logits of the last position [V], features [L, H]); the cache then holds L."""
+        self.reset()
+        n = input_ids.numel()
+        causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
+        logits, feats = self.forward(input_ids, torch.arange(n, device=self.device), causal, all_logits=False)
+        self.length = n
+        return logits[-1], feats
+
+    @torch.inference_mode()
+    def commit_path(self, path: torch.Tensor) -> None:
+        """Keep the cache entries of the accepted path (tree indices [a+1], root first) at L .. L+a."""
+        L = self.length
+        keep = path.numel()
+        src = L + path.to(self.device)
+        for layer in self.cache.layers:
+            for name in ("keys", "values"):
+                buf = getattr(layer, name)  # [1, n_kv, L + N, d]
+                moved = buf.index_select(-2, src)  # gather first (a copy), then write
+                buf[..., L:L + keep, :] = moved
+                setattr(layer, name, buf[..., :L + keep, :])
+        self.length = L + keep

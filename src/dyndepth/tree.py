@@ -1,0 +1,121 @@
+"""The draft pool, the rerank to the verified tree, and the tree's flattened tensors.
+
+Growth (``draft.py``) adds one depth at a time to a ``DraftPool``; ``DraftPool.select`` keeps the
+``n_nodes`` nodes with the highest path values over all depths (EAGLE-2's rerank), admitting a node only
+when its parent is already in, so the result is always a connected tree even when scores tie. The
+``DraftTree`` holds the root plus those nodes in level-major order (every parent precedes its children) and
+builds what the target's verification forward needs: the ancestor mask and the depth-based position ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class DraftPool:
+    """Every node drafted in one step. Pool index p: tokens[p], values[p] (log path value), parents[p]
+    (pool index of the parent, -1 = root), depths[p] (1-based)."""
+
+    def __init__(self):
+        self._tokens: list[torch.Tensor] = []  # per depth: [m] target token ids
+        self._values: list[torch.Tensor] = []  # per depth: [m] float log path values
+        self._parents: list[torch.Tensor] = []  # per depth: [m] pool indices (-1 = root)
+        self.size = 0
+        self.depth = 0
+
+    def add_level(self, tokens: torch.Tensor, values: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+        """Append one depth's nodes; returns their pool indices [m]."""
+        m = tokens.numel()
+        start = self.size
+        self._tokens.append(tokens.reshape(-1))
+        self._values.append(values.reshape(-1).float())
+        self._parents.append(parents.reshape(-1).long())
+        self.size += m
+        self.depth += 1
+        return torch.arange(start, start + m, device=tokens.device)
+
+    def select(self, root_token: int, n_nodes: int) -> "DraftTree":
+        """Rerank: the ``n_nodes`` best nodes by (value desc, depth asc, pool index asc), ancestor-closed."""
+        if self.size == 0 or n_nodes <= 0:
+            return DraftTree.root_only(root_token)
+        tokens = torch.cat(self._tokens).tolist()
+        values = torch.cat(self._values).tolist()
+        parents = torch.cat(self._parents).tolist()
+        depths = [d + 1 for d, t in enumerate(self._tokens) for _ in range(t.numel())]
+        order = sorted(range(self.size), key=lambda p: (-values[p], depths[p], p))
+        admitted = [False] * self.size
+        kept = 0
+        for p in order:
+            if kept == n_nodes:
+                break
+            parent = parents[p]
+            if parent < 0 or admitted[parent]:
+                admitted[p] = True
+                kept += 1
+        chosen = [p for p in range(self.size) if admitted[p]]  # pool order is level-major
+        tree_index = {p: i + 1 for i, p in enumerate(chosen)}
+        return DraftTree(
+            tokens=[root_token] + [tokens[p] for p in chosen],
+            parents=[-1] + [tree_index.get(parents[p], 0) for p in chosen],
+            depths=[0] + [depths[p] for p in chosen],
+        )
+
+
+@dataclass
+class DraftTree:
+    """Root (index 0) + selected nodes; parents[i] < i for i >= 1."""
+
+    tokens: list[int]
+    parents: list[int]
+    depths: list[int]
+
+    @classmethod
+    def root_only(cls, root_token: int) -> "DraftTree":
+        return cls(tokens=[root_token], parents=[-1], depths=[0])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def max_depth(self) -> int:
+        return max(self.depths)
+
+    def children(self) -> list[list[int]]:
+        kids: list[list[int]] = [[] for _ in self.tokens]
+        for i in range(1, len(self.tokens)):
+            kids[self.parents[i]].append(i)
+        return kids
+
+    def ancestor_mask(self) -> torch.Tensor:
+        """[N, N] bool: M[i, j] iff j is i or an ancestor of i (column 0 all True)."""
+        n = len(self.tokens)
+        parent = torch.tensor(self.parents)  # [N]
+        mask = torch.eye(n, dtype=torch.bool)
+        rows = torch.arange(n)
+        cur = parent.clone()
+        for _ in range(self.max_depth):  # walk up one generation per pass, vectorised over nodes
+            has = cur >= 0
+            mask[rows[has], cur[has]] = True
+            cur = torch.where(has, parent[cur.clamp(min=0)], cur)
+        return mask
+
+    def visibility(self, committed: int, device) -> torch.Tensor:
+        """[N, committed + N] bool: every node sees the committed prefix, its ancestors and itself.
+        (The target turns it into an additive float mask: 0 where visible, finfo.min elsewhere.)"""
+        n = len(self.tokens)
+        visible = torch.ones(n, committed + n, dtype=torch.bool)
+        visible[:, committed:] = self.ancestor_mask()
+        return visible.to(device)
+
+    def position_ids(self, committed: int, device) -> torch.Tensor:
+        """[1, N]: committed + depth (never an arange over the flattened tree)."""
+        return (committed + torch.tensor(self.depths, device=device))[None]
+
+    def path_to(self, node: int) -> list[int]:
+        """Tree indices root -> node."""
+        path = [node]
+        while self.parents[path[-1]] >= 0:
+            path.append(self.parents[path[-1]])
+        return path[::-1]

@@ -1,0 +1,59 @@
+"""Greedy speculative output equals transformers' greedy generate, on tiny random models of each family."""
+
+import pytest
+import torch
+
+from tiny_models import VOCAB, tiny_decoder
+
+
+def hf_greedy(target, prompt, n):
+    out = target.model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
+                                eos_token_id=sorted(target.stop_token_ids()) or None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("policy,kwargs", [
+    ("ddd", dict(top_k=4, total_tokens=12, max_depth=6, checks=(2, 4), threshold=-0.3)),
+    ("fixed", dict(top_k=3, total_tokens=8, max_depth=4)),
+    ("plain", dict()),
+])
+def test_greedy_matches_transformers(arch, policy, kwargs):
+    dec = tiny_decoder(arch, policy=policy, **kwargs)
+    g = torch.Generator().manual_seed(7)
+    for _ in range(3):
+        prompt = torch.randint(1, VOCAB - 1, (int(torch.randint(3, 20, (1,), generator=g)),), generator=g).tolist()
+        expected = hf_greedy(dec.target, prompt, 40)
+        out = dec.generate(prompt, max_new_tokens=40)
+        assert out.token_ids == expected
+        assert out.stats.new_tokens == len(expected)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("noise", [0.0, 2.0])
+def test_greedy_matches_with_accepting_oracle_draft(arch, noise):
+    """With drafts the target mostly agrees with, whole paths are accepted and committed in one step."""
+    from oracle_head import OracleHead
+    from dyndepth.decoder import SpeculativeDecoder
+    from tiny_models import tiny_target
+
+    target = tiny_target(arch)
+    g = torch.Generator().manual_seed(3)
+    total_steps = total_tokens = 0
+    lengths = []
+    for _ in range(2):
+        prompt = torch.randint(1, VOCAB - 1, (12,), generator=g).tolist()
+        head = OracleHead(target, prompt[0], noise=noise)
+        dec = SpeculativeDecoder(target, head, policy="ddd", top_k=3, total_tokens=10, max_depth=7, checks=(3, 5))
+        expected = hf_greedy(target, prompt, 48)
+        out = dec.generate(prompt, max_new_tokens=48)
+        assert out.token_ids == expected
+        total_steps += out.stats.steps
+        total_tokens += sum(out.stats.accept_lengths)
+        lengths += out.stats.accept_lengths[:-1]  # the last step may be cut by max_new_tokens
+    tau = total_tokens / total_steps
+    if noise == 0.0:
+        assert tau > 4.0  # deep paths accepted: exercises multi-token commit and KV compaction
+    else:
+        assert tau > 1.2
+        assert len(set(lengths)) >= 3  # paths rejected at several different depths
