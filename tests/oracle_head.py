@@ -29,7 +29,7 @@ class OracleHead(DraftHead):
             out = self.oracle_target.model(torch.tensor([path]))
         logits = out.logits[0, -1].float()
         if self.noise:
-            logits = logits + self.noise * torch.randn(logits.shape, generator=self.gen)
+            logits = logits + self.noise * logits.std() * torch.randn(logits.shape, generator=self.gen)
         return logits * self.sharpness  # a confident draft grows deep trees
 
     MARK = 12345.0  # hidden[..., 1] of the oracle's own outputs; target features never hold it exactly
