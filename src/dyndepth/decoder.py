@@ -77,7 +77,7 @@ class SpeculativeDecoder:
         zoo model. tree_and_policy_kwargs: top_k, total_tokens, max_depth, checks, threshold."""
         tgt = Target.from_pretrained(target, dtype=dtype, device=device)
         draft = None
-        if make_policy(policy).max_depth > 0 or tree_and_policy_kwargs.get("max_depth"):
+        if make_policy(policy).name != "plain":
             draft = load_head(head, str(target), tgt, seed=seed)
         return cls(tgt, draft, policy=policy, **tree_and_policy_kwargs)
 

@@ -1,0 +1,73 @@
+"""``dyndepth demo`` (what ``make run`` shows): the same chat prompt decoded plainly and with DDD, side by side."""
+
+from __future__ import annotations
+
+import collections
+import platform
+
+import torch
+
+from dyndepth.options import add_decoder_options
+
+DEFAULT_PROMPT = "Write a short story about a robot who learns to paint. Keep it under 150 words."
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="plain decoding vs DDD on one chat prompt: same text, how much faster")
+    add_decoder_options(p)
+    p.add_argument("--prompt", default=DEFAULT_PROMPT)
+    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.set_defaults(func=run, threads=2)
+
+
+def run(args) -> int:
+    from dyndepth.decoder import SpeculativeDecoder, load_head
+    from dyndepth.errors import DyndepthError
+    from dyndepth.heads import shipped_head
+    from dyndepth.options import decoder_kwargs
+    from dyndepth.target import Target
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    target = Target.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+    head_arg = args.head
+    if head_arg is None and shipped_head(args.model) is None:
+        print(f"note: no trained head ships for {args.model}; using a random head (expect no speedup)")
+        head_arg = "random"
+    head = load_head(head_arg, args.model, target)
+    plain = SpeculativeDecoder(target, None, policy="plain")
+    ddd = SpeculativeDecoder(target, head, policy=args.policy if args.policy != "plain" else "ddd",
+                             **decoder_kwargs(args))
+    ids = ddd.chat_ids(args.prompt)
+    for dec in (plain, ddd):  # warm-up: first calls pay one-off allocation costs
+        dec.generate(ids, max_new_tokens=8)
+
+    print(f"model {args.model} | {args.dtype} | {args.device} | {torch.get_num_threads()} threads | "
+          f"{platform.processor() or platform.machine()}")
+    print(f"head {head_arg or 'shipped'} | {ddd.describe()}")
+    print(f"prompt: {args.prompt}\n")
+    a = plain.generate(ids, max_new_tokens=args.max_new_tokens)
+    b = ddd.generate(ids, max_new_tokens=args.max_new_tokens)
+    print("--- plain decoding " + "-" * 50)
+    print(a.text)
+    print(f"--- {ddd.policy.name} " + "-" * 60)
+    print(b.text)
+    print("-" * 70)
+    same = a.token_ids == b.token_ids
+    print(f"identical tokens: {'YES' if same else 'NO'} ({len(a.token_ids)} vs {len(b.token_ids)} tokens)")
+    if not same:
+        first = next((i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y),
+                     min(len(a.token_ids), len(b.token_ids)))
+        print(f"  first difference at token {first}" + (" (bf16 near-tie: run with --dtype float32 for the "
+                                                         "exactness mode)" if args.dtype != "float32" else ""))
+    print(f"plain: {a.stats.tokens_per_s:6.2f} tok/s")
+    print(f"{ddd.policy.name:5s}: {b.stats.tokens_per_s:6.2f} tok/s  -> speedup {b.stats.tokens_per_s / a.stats.tokens_per_s:.2f}x")
+    print(f"tau (mean accepted tokens per step): {b.stats.mean_accepted_tokens:.2f} over {b.stats.steps} steps")
+    hist = collections.Counter(b.stats.depths)
+    print("depths drafted: " + ", ".join(f"{d}: {hist[d]}" for d in sorted(hist)))
+    s = b.stats
+    print(f"time split: draft {s.draft_time_s:.2f}s, verify {s.verify_time_s:.2f}s, prefill {s.prefill_time_s:.2f}s, "
+          f"other {s.other_time_s:.2f}s")
+    if not same and args.dtype == "float32":
+        raise DyndepthError("outputs differ in float32: this is a bug, please report it")
+    return 0
