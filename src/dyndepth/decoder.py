@@ -188,7 +188,7 @@ class SpeculativeDecoder:
                 pair_feats = feats[path_t]  # [a + 1, H]
                 root = bonus
                 chunk, done = emit(new)
-                step = StepStats(committed=len(chunk), depth=depth, tree_size=len(tree),
+                step = StepStats(committed=len(chunk), accepted=len(path) - 1, depth=depth, tree_size=len(tree),
                                  draft_time_s=t1 - t0, verify_time_s=t2 - t1)
                 stats.step_stats.append(step)
                 stats.new_tokens = emitted

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class StepStats:
-    committed: int  # tokens committed this step (a + 1 before stop/max trimming)
+    committed: int  # tokens emitted this step: a + 1, less what followed a stop token or max_new_tokens
+    accepted: int  # draft nodes the target accepted (a), before any trimming
     depth: int  # levels the head drafted (0 = no draft)
     tree_size: int  # tokens verified, root included (N)
     draft_time_s: float
