@@ -57,3 +57,16 @@ def test_greedy_matches_with_accepting_oracle_draft(arch, noise):
     else:
         assert tau > 1.1
         assert len(set(lengths)) >= 2  # some paths rejected part-way
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_features_are_the_lm_head_input(arch):
+    """The target's features (final-normed last hidden states) give exactly the model's own logits."""
+    from tiny_models import tiny_target
+
+    target = tiny_target(arch)
+    ids = torch.tensor([[5, 9, 200, 17, 3]])
+    _, feats = target.prefill(ids[0])
+    with torch.no_grad():
+        expected = target.model(ids).logits[0]
+    assert torch.allclose(target.logits(feats), expected.float(), atol=1e-5)

@@ -6,8 +6,8 @@
     each step:
               pool = grow_pool(head, pairs)         # draft.py: depth chosen by the depth policy
               tree = pool.select(root, N - 1)       # tree.py: rerank, connected, root first
-              logits, F = target(tree.tokens, positions L + depth, tree mask)   # ONE forward
-              path, bonus = verify(tree, logits)    # verify.py: greedy match or rejection sampling
+              F = target(tree.tokens, positions L + depth, tree mask)   # ONE forward
+              path, bonus = verify(tree, logits of F) # verify.py: greedy match or rejection sampling
               commit root + accepted nodes into the target KV (L += a + 1); emit accepted + bonus
               pairs = (F[path], accepted tokens + bonus); root = bonus
 
@@ -31,7 +31,7 @@ from dyndepth.sampling import SamplingParams, pick_token
 from dyndepth.stats import GenerationStats, StepStats
 from dyndepth.target import Target
 from dyndepth.tree import DraftTree
-from dyndepth.verify import verify
+from dyndepth.verify import NodeLogits, verify
 
 # Tokens verified per step (root included). EAGLE-2 uses 60 on GPUs; a CPU's verify cost grows quickly with N.
 DEFAULT_TOTAL_TOKENS = {"cpu": 24, "cuda": 60}
@@ -177,9 +177,9 @@ class SpeculativeDecoder:
                     tree, depth = DraftTree.root_only(root), 0
                 t1 = _now(device)
                 tree_tokens = torch.tensor(tree.tokens, device=device)  # [N]
-                logits, feats = target.forward(tree_tokens, tree.position_ids(L, device)[0],
-                                               tree.visibility(L, device))  # [N, V], [N, H]
-                path, bonus = verify(tree, logits, params, generator)
+                feats = target.forward(tree_tokens, tree.position_ids(L, device)[0],
+                                       tree.visibility(L, device))  # [N, H]
+                path, bonus = verify(tree, NodeLogits(feats, target.logits), params, generator)
                 path_t = torch.tensor(path, device=device)  # [a + 1] tree indices, root first
                 target.commit_path(path_t)
                 t2 = _now(device)

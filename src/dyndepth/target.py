@@ -104,32 +104,33 @@ class Target:
         masks = {"full_attention": additive(visible), "sliding_attention": additive(visible & in_window)}
         return {kind: masks[kind] for kind in self.mask_kinds}
 
-    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(features)
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """features [..., H] -> logits [..., V] in float32 (lm_head plus any final soft-capping)."""
+        with torch.inference_mode():
+            logits = self.lm_head(features)
+            if self.softcap:
+                logits = torch.tanh(logits / self.softcap) * self.softcap
+            return logits.float()
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor,
-                all_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens [n], positions [n], visible [n, L + n] bool (which keys each new token sees) ->
-        logits [n, V] (or [1, V] for the last token when all_logits is False), features [n, H]."""
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """tokens [n], positions [n], visible [n, L + n] bool (which keys each new token sees) -> features [n, H].
+
+        The new tokens' KV entries are appended to the cache. Logits are not computed here: verification asks
+        ``logits`` only for the nodes it visits (a+1 rows instead of N; the lm_head is a large matmul)."""
         mask = self.attention_mask(visible, positions)
         out = self.base(input_ids=tokens[None], position_ids=positions[None], attention_mask=mask,
                         cache=self.cache, use_cache=True)
-        feats = out.last_hidden_state[0]  # [n, H]
-        logits = self.logits_from_features(feats if all_logits else feats[-1:])
-        return logits.float(), feats
+        return out.last_hidden_state[0]  # [n, H]
 
     def prefill(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """input_ids [L] -> (logits of the last position [V], features [L, H]); the cache then holds L."""
         self.reset()
         n = input_ids.numel()
         causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
-        logits, feats = self.forward(input_ids, torch.arange(n, device=self.device), causal, all_logits=False)
+        feats = self.forward(input_ids, torch.arange(n, device=self.device), causal)
         self.length = n
-        return logits[-1], feats
+        return self.logits(feats[-1]), feats
 
     @torch.inference_mode()
     def commit_path(self, path: torch.Tensor) -> None:

@@ -19,27 +19,43 @@ from dyndepth.sampling import SamplingParams, target_probs
 from dyndepth.tree import DraftTree
 
 
-def verify_greedy(tree: DraftTree, logits: torch.Tensor) -> tuple[list[int], int]:
-    """logits [N, V] -> (accepted path as tree indices, starting with the root 0; bonus token)."""
-    best = torch.argmax(logits, dim=-1).tolist()  # [N]
-    ok = [True] + [False] * (len(tree) - 1)
-    deepest = 0
-    for i in range(1, len(tree)):  # parents precede children
-        p = tree.parents[i]
-        if ok[p] and tree.tokens[i] == best[p]:
-            ok[i] = True
-            if tree.depths[i] > tree.depths[deepest]:
-                deepest = i
-    return tree.path_to(deepest), best[deepest]
+class NodeLogits:
+    """Target logits of tree nodes, computed on first use: verification visits only the accepted path and the
+    node after it, so the lm_head runs on a+1 rows instead of N."""
+
+    def __init__(self, features: torch.Tensor, to_logits):
+        self.features = features  # [N, H]
+        self.to_logits = to_logits  # features [H] -> logits [V]
+        self.cache: dict[int, torch.Tensor] = {}
+
+    def __call__(self, node: int) -> torch.Tensor:
+        if node not in self.cache:
+            self.cache[node] = self.to_logits(self.features[node])
+        return self.cache[node]
 
 
-def verify_sampling(tree: DraftTree, logits: torch.Tensor, params: SamplingParams,
+def verify_greedy(tree: DraftTree, logits_at) -> tuple[list[int], int]:
+    """Follow the target's argmax down the tree -> (accepted path as tree indices, root first; bonus token).
+
+    A node is accepted iff its token is the target's argmax at its parent and its parent was accepted;
+    siblings are distinct tokens, so at most one child matches and the path is unique."""
+    children = tree.children()
+    path = [0]
+    while True:
+        best = int(torch.argmax(logits_at(path[-1])))
+        nxt = next((c for c in children[path[-1]] if tree.tokens[c] == best), None)
+        if nxt is None:
+            return path, best
+        path.append(nxt)
+
+
+def verify_sampling(tree: DraftTree, logits_at, params: SamplingParams,
                     generator: torch.Generator | None) -> tuple[list[int], int]:
-    """logits [N, V] -> (accepted path, bonus) by recursive rejection sampling."""
+    """Recursive rejection sampling -> (accepted path, bonus)."""
     children = tree.children()
     path = [0]
     cur = 0
-    p = target_probs(logits[cur], params)  # [V] float32
+    p = target_probs(logits_at(cur), params)  # [V] float32
     while True:
         accepted = None
         seen: set[int] = set()
@@ -56,20 +72,21 @@ def verify_sampling(tree: DraftTree, logits: torch.Tensor, params: SamplingParam
             p[tok] = 0.0
             total = p.sum()
             if total <= 0:  # the rejected candidates held all the mass (numerically): nothing is left to reject
-                p = target_probs(logits[cur], params)
+                p = target_probs(logits_at(cur), params)
                 break
             p = p / total
         if accepted is None:
             break
         path.append(accepted)
         cur = accepted
-        p = target_probs(logits[cur], params)
+        p = target_probs(logits_at(cur), params)
     bonus = int(torch.multinomial(p, 1, generator=generator))
     return path, bonus
 
 
-def verify(tree: DraftTree, logits: torch.Tensor, params: SamplingParams,
+def verify(tree: DraftTree, logits_at, params: SamplingParams,
            generator: torch.Generator | None) -> tuple[list[int], int]:
+    """logits_at: tree index -> target logits [V] at that node (e.g. a ``NodeLogits``)."""
     if params.greedy:
-        return verify_greedy(tree, logits)
-    return verify_sampling(tree, logits, params, generator)
+        return verify_greedy(tree, logits_at)
+    return verify_sampling(tree, logits_at, params, generator)

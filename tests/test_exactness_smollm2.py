@@ -1,0 +1,53 @@
+"""Greedy exactness on a real model: SmolLM2-135M-Instruct in float32, MT-bench first turns.
+
+`ddd` and `fixed` output must equal transformers' ``generate(do_sample=False)`` token for token. The head is the
+shipped one when it exists, else a random one: exactness must not depend on the head's quality.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dyndepth.decoder import SpeculativeDecoder, load_head
+from dyndepth.heads import shipped_head
+from dyndepth.target import Target
+
+MODEL = "smollm2-135m-instruct"
+N_QUESTIONS = int(os.environ.get("DYNDEPTH_EXACTNESS_QUESTIONS", "20"))
+MAX_NEW = 128
+QUESTIONS = Path(__file__).resolve().parents[1] / "src" / "dyndepth" / "data" / "mt_bench_question.jsonl"
+
+
+def first_turns(n):
+    rows = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
+    return [r["turns"][0] for r in rows[:n]]
+
+
+@pytest.fixture(scope="module")
+def decoders(smollm2_path):
+    torch.set_num_threads(2)
+    target = Target.from_pretrained(str(smollm2_path), dtype="float32")
+    head = load_head(shipped_head(MODEL) or "random", MODEL, target)
+    return {
+        "ddd": SpeculativeDecoder(target, head, policy="ddd"),
+        "fixed": SpeculativeDecoder(target, head, policy="fixed", top_k=8, total_tokens=16, max_depth=5),
+    }
+
+
+def test_ddd_and_fixed_equal_transformers_greedy(decoders):
+    target = decoders["ddd"].target
+    stop = sorted(target.stop_token_ids())
+    mismatches = []
+    for i, question in enumerate(first_turns(N_QUESTIONS)):
+        ids = decoders["ddd"].chat_ids(question)
+        ref = target.model.generate(torch.tensor([ids]), max_new_tokens=MAX_NEW, do_sample=False,
+                                    eos_token_id=stop, pad_token_id=stop[0])[0, len(ids):].tolist()
+        for name, dec in decoders.items():
+            out = dec.generate(ids, max_new_tokens=MAX_NEW)
+            if out.token_ids != ref:
+                mismatches.append((i, name))
+    assert N_QUESTIONS >= 20 or os.environ.get("DYNDEPTH_EXACTNESS_QUESTIONS")
+    assert mismatches == []
