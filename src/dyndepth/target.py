@@ -12,6 +12,8 @@ drops the rest, for every layer.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
@@ -41,6 +43,9 @@ class Target:
         self.device = next(model.parameters()).device
         self.cache: DynamicCache | None = None
         self.length = 0  # committed entries in the KV cache (L)
+        # transformers >= 5.24 takes the cache as `cache=`; earlier releases as `past_key_values=`
+        params = inspect.signature(self.base.forward).parameters
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
         # Sliding-window attention (Gemma 3, Mistral): a custom mask overrides the model's own window, so the
         # window is applied here. The cache keeps every position in every layer (no ring buffers).
         layer_types = list(getattr(self.config, "layer_types", None) or [])
@@ -120,7 +125,7 @@ class Target:
         ``logits`` only for the nodes it visits (a+1 rows instead of N; the lm_head is a large matmul)."""
         mask = self.attention_mask(visible, positions)
         out = self.base(input_ids=tokens[None], position_ids=positions[None], attention_mask=mask,
-                        cache=self.cache, use_cache=True)
+                        use_cache=True, **{self.cache_kwarg: self.cache})
         return out.last_hidden_state[0]  # [n, H]
 
     def prefill(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

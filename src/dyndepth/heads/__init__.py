@@ -8,6 +8,9 @@ HEADS_DIR = Path(__file__).parent
 
 
 def shipped_head(model_name: str) -> Path | None:
+    """The head shipped for a zoo model name; None for anything else (a path, a Hub id, an unknown name)."""
+    if model_name not in shipped_heads():
+        return None
     path = HEADS_DIR / model_name
     return path if (path / "config.json").is_file() else None
 

@@ -1,0 +1,125 @@
+"""``dyndepth bench``: the command line of the benchmark harness.
+
+    dyndepth bench --model smollm2-135m-instruct --head random --bench mt_bench --questions 5 \\
+        --methods vanilla,plain,eagle2-cpu,ddd --max-new-tokens 64 --out runs/smol
+
+Every argument is checked before any model is loaded, so a typo costs no time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from dyndepth.errors import DyndepthError
+
+DEFAULT_METHODS = "vanilla,plain,eagle2-cpu,ddd"
+
+
+def register(subparsers) -> None:
+    from dyndepth.bench.methods import METHODS, format_value
+
+    lines = [f"  {name:<11} {spec.description}" + (
+        " [" + ", ".join(f"{k}={format_value(v)}" for k, v in spec.defaults.items() if k != "policy") + "]"
+        if any(k != "policy" for k in spec.defaults) else "") for name, spec in METHODS.items()]
+    p = subparsers.add_parser(
+        "bench", help="benchmark decoding methods on MT-bench / HumanEval / a FastChat question file",
+        description="Answer benchmark questions with several decoding methods on one shared target and report "
+                    "tokens/s, speedup vs vanilla, tau, drafted depth, time split and greedy exactness.",
+        epilog="methods [configurable settings with defaults]:\n" + "\n".join(lines),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="zoo name, local model directory or Hub id")
+    p.add_argument("--head", default=None,
+                   help="draft head: an EAGLE-format directory, 'random' (untrained), or omitted for the head "
+                        "shipped with a zoo model")
+    p.add_argument("--bench", default="mt_bench", help="mt_bench, humaneval, alpaca, or a FastChat .jsonl file")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="override a method setting, e.g. --set eagle2-cpu.total_tokens=16 --set ddd.checks=5/7")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="target sampling top-k (0 = off)")
+    p.add_argument("--questions", type=int, default=None, help="number of questions (default: all)")
+    p.add_argument("--select", choices=("balanced", "first"), default="balanced",
+                   help="which questions --questions keeps: round-robin over categories (default) or the first N")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"))
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up answers per method (default 1)")
+    p.add_argument("--warmup-tokens", type=int, default=32, help="new tokens per warm-up answer (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sweep", nargs="+", metavar="KEY=V1,V2", default=None,
+                   help="grid over the --sweep-method's settings, e.g. threshold=-0.3,-0.6 max_depth=7,11")
+    p.add_argument("--sweep-method", default="ddd", help="the tree method the grid expands (default ddd)")
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.set_defaults(func=run)
+
+
+def _check_args(args) -> None:
+    if args.max_new_tokens < 1:
+        raise DyndepthError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
+        raise DyndepthError(f"--temperature must be >= 0, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise DyndepthError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k < 0:
+        raise DyndepthError(f"--top-k must be >= 0, got {args.top_k}")
+    if args.threads is not None and args.threads < 1:
+        raise DyndepthError(f"--threads must be >= 1, got {args.threads}")
+    if args.warmup < 0 or args.warmup_tokens < 1:
+        raise DyndepthError("--warmup must be >= 0 and --warmup-tokens >= 1")
+    if args.questions is not None and args.questions < 1:
+        raise DyndepthError(f"--questions must be >= 1, got {args.questions}")
+    if args.out.exists() and not args.out.is_dir():
+        raise DyndepthError(f"--out {args.out} exists and is not a folder")
+
+
+def plan(args):
+    """Method plans (with sweep points) and the swept keys; raises DyndepthError on any bad argument."""
+    from dyndepth.bench.methods import parse_methods, parse_overrides, plan_methods
+    from dyndepth.bench.questions import resolve_bench
+
+    _check_args(args)
+    names = parse_methods(args.methods)
+    overrides = parse_overrides(args.overrides)
+    keys: list[str] = []
+    if args.sweep:
+        from dyndepth.bench.sweep import expand, parse_grid
+
+        grid = parse_grid(args.sweep)
+        keys = list(grid)
+        names = [n for n in names if n != args.sweep_method]
+        if "vanilla" not in names:
+            names.insert(0, "vanilla")
+        sweep_fixed = overrides.pop(args.sweep_method, {})
+        plans = plan_methods(names, overrides) + expand(args.sweep_method, grid, sweep_fixed)
+    else:
+        plans = plan_methods(names, overrides)
+    resolve_bench(args.bench)
+    return plans, keys
+
+
+def run(args) -> int:
+    plans, keys = plan(args)
+    from dyndepth.bench.base import GenParams
+    from dyndepth.bench.runner import RunConfig, run_benchmark
+
+    cfg = RunConfig(model=args.model, bench=args.bench, methods=plans, out=args.out, head=args.head,
+                    params=GenParams(args.max_new_tokens, args.temperature, args.top_p, args.top_k),
+                    questions=args.questions, select=args.select, dtype=args.dtype, device=args.device,
+                    threads=args.threads, warmup=args.warmup, warmup_tokens=args.warmup_tokens, seed=args.seed,
+                    plots=args.plots)
+    doc = run_benchmark(cfg)
+    print(doc["markdown"])
+    if keys:
+        from dyndepth.bench.sweep import write_sweep
+
+        _, _, text = write_sweep(args.out, doc["summary"], doc["run"], keys)
+        print(text)
+    print(f"wrote {args.out}/summary.md, summary.json, answers/" + (", sweep.md, sweep.csv" if keys else ""),
+          file=sys.stderr)
+    return 0

@@ -1,0 +1,139 @@
+"""The method registry: name -> (factory, configurable settings with defaults).
+
+A factory is ``factory(ctx, name, settings) -> BenchMethod``; it may raise ``MethodSkipped`` when the method
+does not apply to the target (the run goes on and the summary says why). A new depth policy plugs in with::
+
+    register_method(MethodSpec("my-policy", "what it is", tree_factory, {"policy": "my-policy", "top_k": 8}))
+
+Settings are overridden per run with ``--set METHOD.KEY=VALUE`` (e.g. ``--set eagle2-cpu.total_tokens=16``);
+only keys present in a method's defaults are accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from dyndepth.bench.hf_methods import DEFAULT_ASSISTANT, assisted_factory, vanilla_factory
+from dyndepth.bench.tree_methods import tree_factory
+from dyndepth.errors import DyndepthError
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    description: str
+    factory: Callable[..., Any]
+    defaults: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodPlan:
+    """One method to run: the display name (unique in the run), its spec and its resolved settings."""
+
+    name: str
+    spec: MethodSpec
+    settings: dict
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    METHODS[spec.name] = spec
+    return spec
+
+
+register_method(MethodSpec("vanilla", "transformers generate on the same model object (greedy or sampled): "
+                           "what a user has today; the speedup baseline", vanilla_factory))
+register_method(MethodSpec("assisted", f"transformers assisted generation with {DEFAULT_ASSISTANT} as the "
+                           "assistant model and transformers' default schedule (Qwen targets only)",
+                           assisted_factory, {"assistant": DEFAULT_ASSISTANT}))
+register_method(MethodSpec("plain", "dyndepth's own loop without a draft (policy plain): the same code path "
+                           "as the tree methods, one token per step", tree_factory, {"policy": "plain"}))
+register_method(MethodSpec("eagle2", "EAGLE-2 fixed-depth tree with the paper's GPU defaults",
+                           tree_factory, {"policy": "fixed", "max_depth": 6, "top_k": 10, "total_tokens": 60}))
+register_method(MethodSpec("eagle2-cpu", "EAGLE-2 fixed-depth tree sized for a 2-core CPU (a starting point; "
+                           "tune with --sweep)", tree_factory,
+                           {"policy": "fixed", "max_depth": 5, "top_k": 4, "total_tokens": 12}))
+register_method(MethodSpec("ddd", "Dynamic Depth Decoding with its published constants; total_tokens = the "
+                           "decoder's device default (24 on CPU, 60 on CUDA)", tree_factory,
+                           {"policy": "ddd", "max_depth": 11, "checks": (5, 7, 9), "threshold": -0.3,
+                            "top_k": 10, "total_tokens": None}))
+
+
+# -- values --------------------------------------------------------------------------------------------------
+def _int_or_none(text: str):
+    return None if text.lower() in ("none", "default", "") else int(text)
+
+
+def _checks(text: str) -> tuple[int, ...]:
+    text = text.strip()
+    if text.lower() in ("", "none"):
+        return ()
+    return tuple(int(x) for x in text.replace(":", "/").split("/"))
+
+
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "policy": str, "assistant": str, "top_k": int, "max_depth": int, "total_tokens": _int_or_none,
+    "threshold": float, "checks": _checks,
+}
+
+
+def parse_value(key: str, text: str):
+    """Parse one setting given as text (checks are written 5/7/9 or 5:7:9)."""
+    try:
+        return PARSERS.get(key, str)(text)
+    except ValueError:
+        raise DyndepthError(f"bad value {text!r} for {key}") from None
+
+
+def format_value(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return "/".join(str(v) for v in value) or "none"
+    return "default" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# -- planning ------------------------------------------------------------------------------------------------
+def parse_methods(text: str) -> list[str]:
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
+    if not names:
+        raise DyndepthError("--methods is empty; choose from: " + ", ".join(METHODS))
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise DyndepthError(f"unknown method(s) {', '.join(repr(n) for n in unknown)} in --methods; "
+                            f"choose from: {', '.join(METHODS)}")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DyndepthError(f"method(s) listed twice in --methods: {', '.join(dup)}")
+    return names
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, dict]:
+    """``["ddd.threshold=-0.6", "eagle2-cpu.total_tokens=16"]`` -> {"ddd": {"threshold": -0.6}, ...}."""
+    out: dict[str, dict] = {}
+    for item in items or []:
+        head, sep, value = item.partition("=")
+        method, dot, key = head.strip().rpartition(".")
+        if not sep or not dot or not method or not key:
+            raise DyndepthError(f"--set takes METHOD.KEY=VALUE (e.g. ddd.threshold=-0.6), got {item!r}")
+        if method not in METHODS:
+            raise DyndepthError(f"--set {item!r}: unknown method {method!r}; choose from: {', '.join(METHODS)}")
+        check_key(method, key)
+        out.setdefault(method, {})[key] = parse_value(key, value.strip())
+    return out
+
+
+def check_key(method: str, key: str) -> None:
+    allowed = METHODS[method].defaults
+    if key not in allowed or key == "policy":
+        keys = ", ".join(k for k in allowed if k != "policy") or "none"
+        raise DyndepthError(f"method {method!r} has no setting {key!r} (settings: {keys})")
+
+
+def plan_methods(names: list[str], overrides: dict[str, dict] | None = None) -> list[MethodPlan]:
+    overrides = overrides or {}
+    stray = sorted(set(overrides) - set(names))
+    if stray:
+        raise DyndepthError(f"--set names method(s) not in --methods: {', '.join(stray)}")
+    return [MethodPlan(n, METHODS[n], {**METHODS[n].defaults, **overrides.get(n, {})}) for n in names]

@@ -1,0 +1,53 @@
+"""dyndepth's own generation loop as benchmark methods: plain decoding, fixed-depth trees, DDD.
+
+Every tree method wraps one ``SpeculativeDecoder`` built on the run's shared target and shared draft head, so
+a run holds the model weights once however many tree methods it compares.
+"""
+
+from __future__ import annotations
+
+from dyndepth.bench.base import BenchMethod, GenParams, now
+from dyndepth.bench.records import TurnResult
+
+TREE_KEYS = ("policy", "top_k", "total_tokens", "max_depth", "checks", "threshold")
+
+
+class TreeMethod(BenchMethod):
+    family = "tree"
+
+    def __init__(self, name: str, ctx, settings: dict):
+        from dyndepth.decoder import SpeculativeDecoder
+
+        self.name = name
+        target = ctx.target()
+        policy = settings["policy"]
+        head = ctx.draft_head() if policy != "plain" else None
+        kwargs = {k: settings.get(k) for k in TREE_KEYS if k != "policy"}
+        if policy != "ddd":  # checks/threshold only mean something to DDD
+            kwargs.pop("checks"), kwargs.pop("threshold")
+        if policy == "plain":
+            kwargs = {}
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        self.decoder = SpeculativeDecoder(target, head, policy=policy, **kwargs)
+        self.device = target.device
+
+    def settings(self) -> dict:
+        d = self.decoder.describe()
+        if d.get("policy") == "plain":
+            return {"policy": "plain", "dtype": d["dtype"], "device": d["device"]}
+        return d
+
+    def generate(self, ids: list[int], params: GenParams, seed: int) -> TurnResult:
+        t0 = now(self.device)
+        out = self.decoder.generate(ids, max_new_tokens=params.max_new_tokens, temperature=params.temperature,
+                                    top_p=params.top_p, top_k=params.top_k, seed=seed)
+        wall = now(self.device) - t0
+        st = out.stats
+        return TurnResult(token_ids=list(out.token_ids), wall_time=wall, steps=st.steps,
+                          accept_lengths=st.accept_lengths, depths=st.depths if self.decoder.head else [],
+                          prefill_time=st.prefill_time_s, draft_time=st.draft_time_s,
+                          verify_time=st.verify_time_s, text=out.text or "")
+
+
+def tree_factory(ctx, name: str, settings: dict) -> TreeMethod:
+    return TreeMethod(name, ctx, settings)
