@@ -123,7 +123,8 @@ class Target:
 
         The new tokens' KV entries are appended to the cache. Logits are not computed here: verification asks
         ``logits`` only for the nodes it visits (a+1 rows instead of N; the lm_head is a large matmul)."""
-        mask = self.attention_mask(visible, positions)
+        # a single new token that sees everything needs no explicit mask (plain decoding's hot path)
+        mask = None if visible.shape[0] == 1 and self.window is None else self.attention_mask(visible, positions)
         out = self.base(input_ids=tokens[None], position_ids=positions[None], attention_mask=mask,
                         use_cache=True, **{self.cache_kwarg: self.cache})
         return out.last_hidden_state[0]  # [n, H]
@@ -142,11 +143,12 @@ class Target:
         """Keep the cache entries of the accepted path (tree indices [a+1], root first) at L .. L+a."""
         L = self.length
         keep = path.numel()
-        src = L + path.to(self.device)
+        in_place = path.tolist() == list(range(keep))  # plain decoding, or the first branch accepted
+        src = None if in_place else L + path.to(self.device)
         for layer in self.cache.layers:
             for name in ("keys", "values"):
                 buf = getattr(layer, name)  # [1, n_kv, L + N, d]
-                moved = buf.index_select(-2, src)  # gather first (a copy), then write
-                buf[..., L:L + keep, :] = moved
+                if src is not None:
+                    buf[..., L:L + keep, :] = buf.index_select(-2, src)  # gather first (a copy), then write
                 setattr(layer, name, buf[..., :L + keep, :])
         self.length = L + keep
