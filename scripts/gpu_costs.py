@@ -179,18 +179,6 @@ def draft_costs(model, spec, clock, prefix: int, widths, n_new: int = 3) -> dict
     return {"levels": results, "rerank_ms": rerank}
 
 
-class _CacheKwShim(torch.nn.Module):
-    """Renames dyndepth's ``cache=`` to ``past_key_values=`` for transformers releases that predate ``cache=``
-    (5.17 on the GPU image ignores the unknown keyword and runs without a cache)."""
-
-    def __init__(self, base):
-        super().__init__()
-        self.inner = base
-
-    def forward(self, *args, cache=None, **kwargs):
-        return self.inner(*args, past_key_values=cache, **kwargs)
-
-
 def engine_steps(model, clock, prefix: int, new_tokens: int) -> dict:
     """Mean step time of dyndepth's real loop (random head: tau ~ 1, so step time = T of the cost model),
     and transformers' greedy generate on the same model for reference."""
@@ -198,9 +186,7 @@ def engine_steps(model, clock, prefix: int, new_tokens: int) -> dict:
     from dyndepth.head import DraftHead, head_config
     from dyndepth.target import Target
 
-    target = Target(model)
-    if "cache" not in inspect.signature(target.base.forward).parameters:
-        target.base = _CacheKwShim(target.base)
+    target = Target(model)  # picks cache= or past_key_values= for the installed transformers
     torch.manual_seed(2)
     head = DraftHead(head_config(model.config)).to(device=clock.device, dtype=model.dtype)
     prompt = torch.randint(10, model.config.vocab_size, (prefix,)).tolist()
