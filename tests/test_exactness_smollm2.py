@@ -28,7 +28,7 @@ def first_turns(n):
 
 @pytest.fixture(scope="module")
 def decoders(smollm2_path):
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("DYNDEPTH_TEST_THREADS", "2")))
     target = Target.from_pretrained(str(smollm2_path), dtype="float32")
     head = load_head(shipped_head(MODEL) or "random", MODEL, target)
     return {
