@@ -23,7 +23,7 @@ from dyndepth.head import DraftHead, head_config
 from dyndepth.train import data as D
 from dyndepth.train.extract import (extract, fingerprint, load_shards, pending_tokens, plan_batches, run_batch,
                                     write_manifest)
-from dyndepth.train.trainer import TrainConfig, batches, evaluate, fit, train_step
+from dyndepth.train.trainer import TrainConfig, fit, train_step
 from dyndepth.train.vocab import coverage, frequent_tokens, special_ids, token_counts
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -235,7 +235,3 @@ def fit(head: DraftHead, train: list[Item], heldout: list[Item], cfg: TrainConfi
         if on_epoch:
             on_epoch(epoch, metrics)
     return history
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)
