@@ -316,7 +316,7 @@ def readme(rec: dict) -> str:
         f"- draft vocabulary: {vocab} tokens"
         + (f" (covers {rec['draft_vocab']['heldout_coverage']:.1%} of the target's held-out argmax tokens)"
            if vocab != "full" else ""),
-        f"- MLP width: {o['intermediate_size'] or 'the target'}'s; epochs: {rec['train_config']['epochs']} "
+        f"- MLP width: {o['intermediate_size'] or 'as the target'}; epochs: {rec['train_config']['epochs']} "
         f"(best: {rec.get('best_epoch')}), lr {rec['train_config']['lr']}, batch {rec['train_config']['batch_size']}",
         f"- wall time: {t.get('wall_s', 0) / 60:.1f} min (extraction {t.get('extract_s', 0) / 60:.1f} min, "
         f"training {t.get('train_s', 0) / 60:.1f} min) on {mach['cpu_count']} CPU cores "
