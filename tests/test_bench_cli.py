@@ -107,6 +107,22 @@ def test_bench_sweep_writes_table(tiny_chat_model, tmp_path):
     assert not (out / "plots").exists()
 
 
+def test_every_tree_method_in_the_registry_runs_and_is_exact_in_float32(tiny_chat_model, tmp_path):
+    from dyndepth.bench.methods import METHODS
+
+    tree = [name for name in METHODS if name not in ("vanilla", "assisted")]
+    assert {"plain", "eagle2", "eagle2-cpu", "ddd", "ddd-cpu"} <= set(tree)
+    out = tmp_path / "all"
+    code = main(["bench", "--model", str(tiny_chat_model), "--head", "random", "--questions", "1",
+                 "--max-new-tokens", "8", "--methods", ",".join(["vanilla", *tree]), "--dtype", "float32",
+                 "--threads", "1", "--warmup", "0", "--no-plots", "--out", str(out)])
+    assert code == 0
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["run"]["methods"]["ddd-cpu"]["top_k"] == 4 and doc["run"]["methods"]["ddd-cpu"]["total_tokens"] == 12
+    for name in tree:
+        assert doc["summary"]["methods"][name]["exactness"]["matches"] == 2, name
+
+
 def test_assisted_is_skipped_for_a_non_qwen_target(tiny_chat_model, tmp_path, capsys):
     out = tmp_path / "assisted"
     code = main(["bench", "--model", str(tiny_chat_model), "--questions", "1", "--max-new-tokens", "4",

@@ -60,6 +60,10 @@ register_method(MethodSpec("ddd", "Dynamic Depth Decoding with its published con
                            "decoder's device default (24 on CPU, 60 on CUDA)", tree_factory,
                            {"policy": "ddd", "max_depth": 11, "checks": (5, 7, 9), "threshold": -0.3,
                             "top_k": 10, "total_tokens": None}))
+register_method(MethodSpec("ddd-cpu", "Dynamic Depth Decoding's rule (checks, threshold, max depth) on eagle2-cpu's "
+                           "CPU-sized tree (top_k 4, total_tokens 12)", tree_factory,
+                           {"policy": "ddd", "max_depth": 11, "checks": (5, 7, 9), "threshold": -0.3,
+                            "top_k": 4, "total_tokens": 12}))
 
 
 # -- values --------------------------------------------------------------------------------------------------
