@@ -49,9 +49,12 @@ def test_train_head_smoke_run_saves_a_working_head(smollm2_path, tmp_path, one_t
     assert got.token_ids == plain.generate(ids, max_new_tokens=12).token_ids  # lossless with the new head
     assert got.stats.steps <= 12
 
-    # a rerun with the same data reuses the cached features (resumable extraction)
-    assert main(args + ["--epochs", "1"]) == 0
-    assert "resuming" in capsys.readouterr().out
+    # a rerun with the same data reuses the cached features (resumable extraction); a time budget far too
+    # small for 3 epochs trains one
+    assert main(args + ["--time-budget", "0.001", "--out", str(tmp_path / "head2")]) == 0
+    log = capsys.readouterr().out
+    assert "resuming" in log and "training 1 of 3 epochs" in log
+    assert len(json.loads((tmp_path / "head2" / "training.json").read_text())["history"]) == 1
 
 
 @pytest.mark.parametrize("bad,message", [
@@ -60,6 +63,10 @@ def test_train_head_smoke_run_saves_a_working_head(smollm2_path, tmp_path, one_t
     (["--tokens", "1k", "--epochs", "x"], "invalid int value"),
     (["--tokens", "1k", "--batch-size", "0"], "--batch-size"),
     (["--tokens", "1k", "--holdout", "1.5"], "--holdout"),
+    (["--tokens", "1k", "--device", "tpu"], "--device expects"),
+    (["--tokens", "1k", "--device", "meta"], "--device expects"),
+    (["--tokens", "1k", "--extract-batch-tokens", "0"], "--extract-batch-tokens"),
+    (["--tokens", "1k", "--time-budget", "0"], "--time-budget"),
 ])
 def test_bad_arguments_give_one_line_and_exit_2(bad, message, tmp_path, capsys):
     try:

@@ -55,8 +55,12 @@ def test_pair_weights_follow_the_predicted_token():
     assert pair_weights(mask).int().tolist() == [[1, 1, 0, 0], [1, 0, 0, 0]]
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # a GPU machine also checks the GPU path
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("unroll", [1, 2])
-def test_fit_lowers_the_loss_and_reports_unrolled_metrics(unroll):
+def test_fit_lowers_the_loss_and_reports_unrolled_metrics(unroll, device):
     target, head = _setup()
     g = torch.Generator().manual_seed(0)
     period = torch.randint(1, VOCAB - 1, (6,), generator=g)  # periodic text: next features are learnable
@@ -68,7 +72,9 @@ def test_fit_lowers_the_loss_and_reports_unrolled_metrics(unroll):
         mask[:3] = False
         items.append((ids, mask, _feats(target, ids).to(torch.bfloat16)))
     cfg = TrainConfig(epochs=4, lr=1e-2, batch_size=4, eval_steps=3, noise=0.0, bf16=False, unroll=unroll)
-    lm_w = target.lm_head.weight.detach()
+    lm_w = target.lm_head.weight.detach().to(device)
+    head.to(device).bind(target.embed.to(device), lm_w)
+    items = [tuple(t.to(device) for t in item) for item in items]
     before = evaluate(head, items[20:], cfg, lm_w)
     hist = fit(head, items[:20], items[20:], cfg, lm_w, progress=False, log=lambda m: None)
     assert hist[-1]["loss"] < 0.7 * before["loss"]

@@ -45,6 +45,10 @@ def test_load_file_and_bad_files(tmp_path):
         load_conversations(str(tmp_path / "x.jsonl"))
     with pytest.raises(DyndepthError, match="not found"):
         load_conversations(str(tmp_path / "missing.json"))
+    # JSON Lines split on "\n" only: U+2028 and form feeds written raw inside strings are content
+    msgs = [{"role": "user", "content": "a\u2028b\x0cc"}, {"role": "assistant", "content": "d\x1ce"}]
+    (tmp_path / "raw.jsonl").write_text(json.dumps({"messages": msgs}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert load_conversations(str(tmp_path / "raw.jsonl")) == [msgs]
     (tmp_path / "empty.json").write_text("[]")
     with pytest.raises(DyndepthError, match="no usable"):
         load_conversations(str(tmp_path / "empty.json"))

@@ -58,6 +58,13 @@ def register(subparsers) -> None:
                    help="feature shards (default $DYNDEPTH_HOME/train); reruns with the same data resume")
     p.add_argument("--dtype", default="bfloat16", help="target dtype for extraction (default bfloat16)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--device", default="auto",
+                   help="where extraction and training run: cpu, cuda, cuda:N or auto (default: cuda if available)")
+    p.add_argument("--extract-batch-tokens", type=int, default=None,
+                   help="padded tokens per extraction forward (default 4096 on CPU, 65536 on a GPU)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MIN",
+                   help="train fewer epochs if needed so that the whole run ends within MIN minutes "
+                        "(from the measured time estimate; at least one epoch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train_head)
@@ -75,7 +82,9 @@ def cmd_train_head(args: argparse.Namespace) -> int:
                       eval_steps=args.eval_steps, unroll=args.unroll, seed=args.seed)
     opts = Options(model=args.model, data=args.data, tokens=parse_count(args.tokens), out=args.out,
                    max_len=args.max_len, draft_vocab=args.draft_vocab, intermediate_size=args.intermediate_size,
-                   self_distill=args.self_distill, distill_max_new=args.distill_max_new, init=args.init, holdout=args.holdout, cache_dir=args.cache_dir,
-                   dtype=args.dtype, threads=args.threads, progress=not args.no_progress, train=cfg)
+                   self_distill=args.self_distill, distill_max_new=args.distill_max_new, init=args.init,
+                   holdout=args.holdout, cache_dir=args.cache_dir,
+                   dtype=args.dtype, threads=args.threads, device=args.device,
+                   extract_batch_tokens=args.extract_batch_tokens, time_budget_min=args.time_budget, progress=not args.no_progress, train=cfg)
     run(opts)
     return 0

@@ -92,7 +92,7 @@ def load_conversations(source: str, limit: int | None = None) -> list[list[dict]
     text = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix == ".jsonl":
         items = []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 etc. may sit inside strings
             if line.strip():
                 try:
                     items.append(json.loads(line))

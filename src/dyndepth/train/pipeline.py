@@ -13,7 +13,7 @@ import os
 import platform
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -43,9 +43,11 @@ class Options:
     holdout: float = 0.05  # share of the token budget held out for metrics (extra to `tokens`)
     holdout_max: int = 20000
     cache_dir: Path | None = None  # feature shards; default $DYNDEPTH_HOME/train
-    extract_batch_tokens: int = 4096
+    extract_batch_tokens: int | None = None  # padded tokens per extraction forward; None = 4096 (CPU), 65536 (GPU)
     dtype: str = "bfloat16"  # target dtype for distillation and extraction
     threads: int = 2
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (cuda when available): extraction and training
+    time_budget_min: float | None = None  # cap the epochs so the whole run fits (from the measured estimate)
     progress: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -58,6 +60,9 @@ def run(opts: Options, target=None, log=_log) -> dict:
     """Train a head; returns the training record (also written as training.json beside the weights)."""
     _check(opts)
     torch.set_num_threads(opts.threads)
+    dev = resolve_device(opts.device)
+    if opts.extract_batch_tokens is None:
+        opts.extract_batch_tokens = 4096 if dev.type == "cpu" else 65536
     wall0 = time.perf_counter()
     timings = {}
     convs = D.load_conversations(opts.data)  # before loading the model: bad data fails fast
@@ -65,7 +70,8 @@ def run(opts: Options, target=None, log=_log) -> dict:
     if target is None:
         from dyndepth.target import Target
 
-        target = Target.from_pretrained(opts.model, dtype=opts.dtype)
+        target = Target.from_pretrained(opts.model, dtype=opts.dtype, device=dev)
+    dev = target.device
     tok = target.tokenizer
     n_hold = min(opts.holdout_max, max(1, int(opts.tokens * opts.holdout)))
 
@@ -87,13 +93,15 @@ def run(opts: Options, target=None, log=_log) -> dict:
     examples = held + train
     fp = fingerprint(examples, f"{opts.model}|{opts.dtype}|{getattr(target.config, '_name_or_path', '')}")
     cache = (opts.cache_dir or _default_cache()) / fp
-    _estimate(target, examples, len(held), cache, opts, log)
+    per_epoch_s = _estimate(target, examples, len(held), cache, opts, log)
     t0 = time.perf_counter()
     paths = extract(target, examples, cache, batch_tokens=opts.extract_batch_tokens, progress=opts.progress)
     write_manifest(cache, {"model": opts.model, "dtype": opts.dtype, "examples": len(examples),
                            "heldout": len(held), "tokens": sum(len(i) for i, _ in examples)})
     timings["extract_s"] = round(time.perf_counter() - t0, 1)
     feats = load_shards(paths)
+    if dev.type != "cpu":  # the whole feature set on the accelerator: no host copies per step
+        feats = {i: tuple(t.to(dev) for t in item) for i, item in feats.items()}
     held_items = [feats[i] for i in range(len(held))]
     train_items = [feats[i] for i in range(len(held), len(examples))]
 
@@ -106,10 +114,10 @@ def run(opts: Options, target=None, log=_log) -> dict:
     lm_w = target.lm_head.weight.detach().float()  # [V, H]
     torch.manual_seed(opts.train.seed)
     if opts.init:  # continue from a trained head: its shapes and draft vocabulary are kept
-        head = DraftHead.from_pretrained(opts.init, dtype=torch.float32)
+        head = DraftHead.from_pretrained(opts.init, dtype=torch.float32).to(dev)
         log(f"initialised from {opts.init} (its MLP width and draft vocabulary are kept)")
     else:
-        head = DraftHead(head_config(target.config, intermediate_size=opts.intermediate_size)).float()
+        head = DraftHead(head_config(target.config, intermediate_size=opts.intermediate_size)).float().to(dev)
     head.bind(embed, lm_w)
     vocab_info = {}
     if head.draft_vocab is not None:
@@ -143,8 +151,17 @@ def run(opts: Options, target=None, log=_log) -> dict:
             save_head(head, opts.out, record)
             log(f"saved head (held-out chain_tau {metrics['chain_tau']}) to {opts.out}")
 
+    cfg = opts.train
+    if opts.time_budget_min is not None:
+        left = opts.time_budget_min * 60 - (time.perf_counter() - wall0)
+        fits = max(1, min(cfg.epochs, int(left // per_epoch_s)))
+        if fits < cfg.epochs:
+            log(f"--time-budget {opts.time_budget_min:g} min: {left / 60:.1f} min left, about "
+                f"{per_epoch_s / 60:.1f} min per epoch: training {fits} of {cfg.epochs} epochs")
+            cfg = replace(cfg, epochs=fits)
+            record["train_config"] = asdict(cfg)
     t0 = time.perf_counter()
-    fit(head, train_items, held_items, opts.train, lm_w, on_epoch=on_epoch, progress=opts.progress, log=log)
+    fit(head, train_items, held_items, cfg, lm_w, on_epoch=on_epoch, progress=opts.progress, log=log)
     timings["train_s"] = round(time.perf_counter() - t0, 1)
     timings["wall_s"] = round(time.perf_counter() - wall0, 1)
     record["timings"] = timings
@@ -192,39 +209,73 @@ def _render_split(tok, convs, n_hold: int, n_train: int, max_len: int):
     return held, train
 
 
-def _estimate(target, examples, n_held: int, cache: Path, opts: Options, log) -> None:
-    """Print a time estimate from one measured extraction batch and two training steps."""
+def _estimate(target, examples, n_held: int, cache: Path, opts: Options, log) -> float:
+    """Print a time estimate from one measured extraction batch and two training steps; returns the
+    estimated seconds per epoch (training + held-out metrics)."""
     todo = pending_tokens(examples, cache, opts.extract_batch_tokens)
     left = "resuming: finished feature shards are reused" if todo < sum(len(i) for i, _ in examples) else ""
     lengths = [len(i) for i, _ in examples]
     plan = plan_batches(lengths, opts.extract_batch_tokens)
     mid = plan[len(plan) // 2]
+    dev = target.device
+    if dev.type != "cpu":  # the first accelerator call pays one-time set-up costs
+        run_batch(target, [examples[i] for i in mid])
     t0 = time.perf_counter()
     run_batch(target, [examples[i] for i in mid])
     ex_rate = sum(lengths[i] for i in mid) / (time.perf_counter() - t0)
     # two steps of a throwaway head on random features shaped like the median batch
     h = target.config.hidden_size
-    probe = DraftHead(head_config(target.config, intermediate_size=opts.intermediate_size)).float()
+    probe = DraftHead(head_config(target.config, intermediate_size=opts.intermediate_size)).float().to(dev)
     probe.bind(torch.nn.Embedding.from_pretrained(target.embed.weight.detach().float()),
                target.lm_head.weight.detach().float())
     vd = opts.draft_vocab if opts.draft_vocab and opts.draft_vocab < probe.config.vocab_size else None
     if vd:
         probe.set_draft_vocab(torch.arange(vd))
     n = sorted(lengths)[len(lengths) // 2]
-    items = [(torch.randint(0, vd or probe.config.vocab_size, (n,)), torch.ones(n, dtype=torch.bool),
-              torch.randn(n, h).to(torch.bfloat16)) for _ in range(opts.train.batch_size)]
+    items = [(torch.randint(0, vd or probe.config.vocab_size, (n,), device=dev),
+              torch.ones(n, dtype=torch.bool, device=dev), torch.randn(n, h, device=dev).to(torch.bfloat16))
+             for _ in range(opts.train.batch_size)]
     opt = torch.optim.AdamW(probe.parameters(), lr=1e-5)
     train_step(probe, opt, items, opts.train, 1e-5)
+    _sync(dev)
     t0 = time.perf_counter()
-    train_step(probe, opt, items, opts.train, 1e-5)
-    tr_rate = n * len(items) / (time.perf_counter() - t0)
+    for _ in range(2):
+        train_step(probe, opt, items, opts.train, 1e-5)
+    _sync(dev)
+    tr_rate = 2 * n * len(items) / (time.perf_counter() - t0)
     total, held_tok = sum(lengths), sum(lengths[:n_held])
     t_ex = todo / ex_rate
     t_tr = opts.train.epochs * (total - held_tok) / tr_rate
     t_ev = opts.train.epochs * opts.train.eval_steps * held_tok / tr_rate  # an unroll step ~ a train step
-    log(f"time estimate (measured warm-up, {opts.threads} threads): extraction {t_ex / 60:.1f} min "
+    where = f"{opts.threads} threads" if dev.type == "cpu" else _device_name(dev)
+    log(f"time estimate (measured warm-up, {where}): extraction {t_ex / 60:.1f} min "
         f"({todo} of {total} tokens left, at {ex_rate:.0f} tok/s), training {t_tr / 60:.1f} min ({opts.train.epochs} epochs at "
         f"{tr_rate:.0f} tok/s); total about {(t_ex + t_tr + t_ev) / 60:.0f} min. {left}".rstrip())
+    return ((total - held_tok) + opts.train.eval_steps * held_tok) / tr_rate
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; a named accelerator must exist (a clear error otherwise)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise DyndepthError(f"--device expects cpu, cuda, cuda:N or auto, got {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DyndepthError(f"--device {name}: this torch build sees no CUDA GPU; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise DyndepthError(f"--device expects cpu, cuda, cuda:N or auto, got {name!r}")
+    return dev
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _device_name(dev: torch.device) -> str:
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
 
 
 def _check(opts: Options) -> None:
@@ -243,6 +294,10 @@ def _check(opts: Options) -> None:
         raise DyndepthError(f"--holdout must lie between 0 and 1, got {opts.holdout}")
     if opts.init is not None and not (Path(opts.init) / "config.json").is_file():
         raise DyndepthError(f"--init {opts.init} is not a draft head directory (no config.json)")
+    if opts.time_budget_min is not None and not opts.time_budget_min > 0:
+        raise DyndepthError(f"--time-budget must be a positive number of minutes, got {opts.time_budget_min}")
+    if opts.extract_batch_tokens is not None and opts.extract_batch_tokens < 1:
+        raise DyndepthError(f"--extract-batch-tokens must be positive, got {opts.extract_batch_tokens}")
     if opts.out.exists() and not opts.out.is_dir():
         raise DyndepthError(f"--out {opts.out} exists and is not a directory")
 
@@ -257,9 +312,9 @@ def _target_coverage(subset: torch.Tensor, items, lm_w: torch.Tensor) -> float:
     """Share of the target's argmax tokens at trained held-out positions that lie in the draft vocabulary."""
     toks = []
     for ids, mask, f in items:
-        sel = mask[1:].clone()  # feature j predicts token j+1
-        toks.append((f[:-1][sel].float() @ lm_w.T).argmax(-1))
-    return coverage(subset, torch.cat(toks))
+        sel = mask[1:].to(lm_w.device)  # feature j predicts token j+1
+        toks.append((f[:-1].to(lm_w.device)[sel].float() @ lm_w.T).argmax(-1).cpu())
+    return coverage(subset.cpu(), torch.cat(toks))
 
 
 def _jsonable(opts: Options) -> dict:
@@ -269,8 +324,10 @@ def _jsonable(opts: Options) -> dict:
 
 
 def _machine(opts: Options) -> dict:
+    dev = resolve_device(opts.device)
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": opts.threads, "torch": torch.__version__}
+            "cpu_count": os.cpu_count(), "torch_threads": opts.threads, "torch": torch.__version__,
+            "device": _device_name(dev)}
 
 
 def _existing_score(out: Path, heldout_id: str) -> float:
@@ -319,8 +376,9 @@ def readme(rec: dict) -> str:
         f"- MLP width: {o['intermediate_size'] or 'as the target'}; epochs: {rec['train_config']['epochs']} "
         f"(best: {rec.get('best_epoch')}), lr {rec['train_config']['lr']}, batch {rec['train_config']['batch_size']}",
         f"- wall time: {t.get('wall_s', 0) / 60:.1f} min (extraction {t.get('extract_s', 0) / 60:.1f} min, "
-        f"training {t.get('train_s', 0) / 60:.1f} min) on {mach['cpu_count']} CPU cores "
-        f"({mach['processor']}), {mach['torch_threads']} torch threads",
+        f"training {t.get('train_s', 0) / 60:.1f} min) on "
+        + (f"{mach['cpu_count']} CPU cores ({mach['processor']}), {mach['torch_threads']} torch threads"
+           if mach.get("device", "CPU") == "CPU" else f"one {mach['device']} GPU"),
         f"- held-out top-1 agreement with the target, unroll steps 1..{len(m.get('top1', []))}: "
         f"{m.get('top1')}; chain tau estimate {m.get('chain_tau')}", ""]
     return "\n".join(lines)

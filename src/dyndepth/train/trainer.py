@@ -48,12 +48,12 @@ class TrainConfig:
     seed: int = 0
 
 
-def collate(items: list[Item]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> ids [B, n], mask [B, n] (False on padding), feats [B, n, H] float32 (right-padded)."""
+def collate(items: list[Item], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> ids [B, n], mask [B, n] (False on padding), feats [B, n, H] float32 (right-padded), on ``device``."""
     n = max(len(i[0]) for i in items)
-    ids = torch.zeros(len(items), n, dtype=torch.long)
-    mask = torch.zeros(len(items), n, dtype=torch.bool)
-    feats = torch.zeros(len(items), n, items[0][2].shape[-1])
+    ids = torch.zeros(len(items), n, dtype=torch.long, device=device)
+    mask = torch.zeros(len(items), n, dtype=torch.bool, device=device)
+    feats = torch.zeros(len(items), n, items[0][2].shape[-1], device=device)
     for b, (x, m, f) in enumerate(items):
         ids[b, : len(x)], mask[b, : len(x)], feats[b, : len(x)] = x, m, f.float()
     return ids, mask, feats
@@ -61,7 +61,7 @@ def collate(items: list[Item]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 def pair_weights(mask: torch.Tensor) -> torch.Tensor:
     """mask [B, n] -> [B, n-1] bool: pair j counts when token j+2 (what h_j's logits predict) is trained."""
-    w = torch.zeros(mask.shape[0], mask.shape[1] - 1, dtype=torch.bool)
+    w = torch.zeros(mask.shape[0], mask.shape[1] - 1, dtype=torch.bool, device=mask.device)
     w[:, :-1] = mask[:, 2:]
     return w
 
@@ -90,7 +90,8 @@ def soft_ce(head: DraftHead, h: torch.Tensor, target_feats: torch.Tensor, chunk:
 
 
 def train_step(head: DraftHead, opt, items: list[Item], cfg: TrainConfig, lr: float) -> dict:
-    ids, mask, feats = collate(items)
+    dev = head.fc.weight.device  # items may live on the CPU or already on the head's device
+    ids, mask, feats = collate(items, dev)
     w = pair_weights(mask)  # [B, n-1]
     m = int(w.sum())
     if m == 0:
@@ -104,7 +105,7 @@ def train_step(head: DraftHead, opt, items: list[Item], cfg: TrainConfig, lr: fl
     # Step 1 is the EAGLE-1 objective; with cfg.unroll > 1 the head is also trained on its own predicted
     # features (steps 2..unroll, as drafting sees them), each step's loss averaged with equal weight.
     for s, h in enumerate(unroll(head, ids, noisy, cfg.unroll, cfg.bf16)):
-        valid = w & (torch.arange(n)[None] >= s)  # [B, n]: the chain's root exists
+        valid = w & (torch.arange(n, device=dev)[None] >= s)  # [B, n]: the chain's root exists
         ms = int(valid.sum())
         if ms == 0:
             break
@@ -137,10 +138,10 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def unroll_masks(n: int, steps: int) -> list[torch.Tensor]:
+def unroll_masks(n: int, steps: int, device: torch.device | str = "cpu") -> list[torch.Tensor]:
     """Boolean masks [1, 1, n, s*n] (True = visible) for unroll steps s = 1..steps (see the module docstring)."""
-    q = torch.arange(n)[:, None]
-    k = torch.arange(n)[None, :]
+    q = torch.arange(n, device=device)[:, None]
+    k = torch.arange(n, device=device)[None, :]
     out = []
     for s in range(1, steps + 1):
         vis = [k <= q - s + 1] + [k == q - s + t for t in range(2, s + 1)]  # step-1 keys, then chain keys
@@ -155,10 +156,10 @@ def unroll(head: DraftHead, ids: torch.Tensor, feats: torch.Tensor, steps: int, 
     Step s output at position j = the prediction of f_{j+1} by a chain rooted at the true pair j-s+1 that fed
     the head its own predicted features for the pairs after the root."""
     n = ids.shape[1] - 1
-    pos = torch.arange(n)[None].expand(ids.shape[0], -1)  # [B, n]
+    pos = torch.arange(n, device=ids.device)[None].expand(ids.shape[0], -1)  # [B, n]
     cache, x = DraftKV(), feats[:, :-1]
-    for am in unroll_masks(n, steps):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    for am in unroll_masks(n, steps, ids.device):
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
             h = head(ids[:, 1:], x, pos, cache, am).float()  # [B, n, H]
         yield h
         x = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)  # step-s output of j-1 feeds pair j
@@ -169,10 +170,11 @@ def evaluate(head: DraftHead, items: list[Item], cfg: TrainConfig, full_lm_weigh
              batch_size: int = 4) -> dict:
     """Held-out loss and unrolled top-1 agreement with the target's argmax (over the full vocabulary)."""
     k = cfg.eval_steps
+    dev = head.fc.weight.device
     hits, count, chain = torch.zeros(k), torch.zeros(k), torch.zeros(k)
     n_roots, vl, pl = 0, 0.0, 0.0
     for b in range(0, len(items), batch_size):
-        ids, mask, feats = collate(items[b: b + batch_size])
+        ids, mask, feats = collate(items[b: b + batch_size], dev)
         n = ids.shape[1] - 1
         w = pair_weights(mask)  # [B, n]
         target_tok = torch.stack([_argmax(f[1:], lambda x: x @ full_lm_weight.T) for f in feats])  # [B, n]
@@ -183,14 +185,14 @@ def evaluate(head: DraftHead, items: list[Item], cfg: TrainConfig, full_lm_weigh
                 vl += float(F.smooth_l1_loss(hs, ts, reduction="sum")) / hs.shape[-1]
                 pl += float(soft_ce(head, hs, ts))
             draft_tok = head.to_target_ids(torch.stack([_argmax(x, head.logits) for x in h]))
-            valid = w & (torch.arange(n)[None] >= s)  # step s+1 at position j: its root j-s exists
+            valid = w & (torch.arange(n, device=dev)[None] >= s)  # step s+1 at position j: its root j-s exists
             ok = (draft_tok == target_tok) & valid  # [B, n]
-            hits[s] += ok.sum()
-            count[s] += valid.sum()
+            hits[s] += int(ok.sum())
+            count[s] += int(valid.sum())
             ok_r = torch.zeros_like(ok)
             ok_r[:, : n - s] = ok[:, s:]  # realign: root r's step s+1 sits at position r+s
             ok_chain &= ok_r
-            chain[s] += (ok_chain & w).sum()
+            chain[s] += int((ok_chain & w).sum())
         n_roots += int(w.sum())
     top1 = (hits / count.clamp(min=1)).tolist()
     m = max(1, n_roots)
