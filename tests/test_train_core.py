@@ -2,6 +2,7 @@
 decreases, feature extraction resumes from finished shards."""
 
 import random
+import time
 
 import pytest
 import torch
@@ -82,6 +83,18 @@ def test_fit_lowers_the_loss_and_reports_unrolled_metrics(unroll, device):
     assert len(hist) == 4 and len(hist[-1]["top1"]) == 3
     assert min(hist[-1]["top1"]) > 0.5 > max(before["top1"])
     assert 2.0 < hist[-1]["chain_tau"] <= 4.0
+
+
+def test_fit_stops_at_the_deadline_after_a_whole_epoch():
+    target, head = _setup()
+    ids = torch.randint(1, VOCAB - 1, (20,))
+    items = [(ids, torch.ones(20, dtype=torch.bool), _feats(target, ids).to(torch.bfloat16))] * 4
+    cfg = TrainConfig(epochs=5, lr=1e-3, batch_size=2, eval_steps=2)
+    lm_w = target.lm_head.weight.detach()
+    logs = []
+    hist = fit(head, items, items[:1], cfg, lm_w, progress=False, log=logs.append, deadline=time.perf_counter())
+    assert len(hist) == 1 and "stopping after epoch 1 of 5" in logs[-1]
+    assert len(fit(head, items, items[:1], cfg, lm_w, progress=False, log=logs.append, deadline=None)) == 5
 
 
 def test_extraction_resumes_from_finished_shards(tmp_path, monkeypatch):

@@ -161,7 +161,9 @@ def run(opts: Options, target=None, log=_log) -> dict:
             cfg = replace(cfg, epochs=fits)
             record["train_config"] = asdict(cfg)
     t0 = time.perf_counter()
-    fit(head, train_items, held_items, cfg, lm_w, on_epoch=on_epoch, progress=opts.progress, log=log)
+    deadline = None if opts.time_budget_min is None else wall0 + opts.time_budget_min * 60
+    fit(head, train_items, held_items, cfg, lm_w, on_epoch=on_epoch, progress=opts.progress, log=log,
+        deadline=deadline)
     timings["train_s"] = round(time.perf_counter() - t0, 1)
     timings["wall_s"] = round(time.perf_counter() - wall0, 1)
     record["timings"] = timings

@@ -206,8 +206,11 @@ def _argmax(h: torch.Tensor, logits_fn, chunk: int = 2048) -> torch.Tensor:
 
 
 def fit(head: DraftHead, train: list[Item], heldout: list[Item], cfg: TrainConfig, full_lm_weight: torch.Tensor,
-        on_epoch=None, progress: bool = True, log=print) -> list[dict]:
-    """Train; after every epoch evaluate and call on_epoch(epoch, metrics). Returns the per-epoch metrics."""
+        on_epoch=None, progress: bool = True, log=print, deadline: float | None = None) -> list[dict]:
+    """Train; after every epoch evaluate and call on_epoch(epoch, metrics). Returns the per-epoch metrics.
+
+    deadline: a time.perf_counter() value; training stops after an epoch when another epoch as long as the
+    last one would end after it (the learning-rate schedule still spans cfg.epochs)."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -236,4 +239,8 @@ def fit(head: DraftHead, train: list[Item], heldout: list[Item], cfg: TrainConfi
             f"loss {metrics['loss']:.4f} (train {run_loss:.4f}, {metrics['epoch_time_s']:.0f} s)")
         if on_epoch:
             on_epoch(epoch, metrics)
+        took = time.perf_counter() - t0
+        if deadline is not None and epoch < cfg.epochs and time.perf_counter() + took > deadline:
+            log(f"time budget: stopping after epoch {epoch} of {cfg.epochs} (another would end after the budget)")
+            break
     return history
