@@ -43,6 +43,14 @@ def test_tau_from_accept_lengths_and_from_steps():
     assert S.tau(assisted) == pytest.approx(3.0)
 
 
+def test_tau_by_turn_separates_first_and_second_turns():
+    recs = [rec(1, "a", [7, 5], [1, 1], steps=[3, 2], accepts=[[1, 2, 3], [2, 2]]),
+            rec(2, "a", [3], [1], steps=[1], accepts=[[3]])]  # a one-turn question counts in turn 1 only
+    assert S.tau_by_turn(recs) == pytest.approx([(1 + 2 + 3 + 3) / 4, 4 / 2])
+    assert S.method_stats(recs)["tau_by_turn"] == pytest.approx([2.25, 2.0])
+    assert S.tau_by_turn([rec(1, "a", [12, 6], [1.0, 1.0], steps=[4, 3])]) == pytest.approx([3.0, 2.0])
+
+
 def test_exactness_counts_identical_turns():
     ref = [rec(1, "a", [2, 2], [1, 1], ids=[[1, 2], [3, 4]]), rec(2, "a", [1], [1], ids=[[5]])]
     ours = [rec(1, "a", [2, 2], [1, 1], ids=[[1, 2], [3, 9]]), rec(2, "a", [1], [1], ids=[[5]])]

@@ -23,7 +23,8 @@ def register(sub) -> None:
     # float32: the exactness mode, so the two texts are identical token for token (bf16 tree batching can flip
     # near-ties). A small tree with early DDD checks: on a CPU a float32 verification of 8 tokens already costs
     # ~1.5x a one-token step, and a draft level ~10% of one, so the head must earn each level. Measured on SmolLM2
-    # with its shipped head (2 threads, 4 prompts x 128 tokens): checks 2/3/4 1.11x, checks 5/7/9 0.93x.
+    # with the previous head (2 threads, 4 prompts x 128 tokens): checks 2/3/4 1.11x, checks 5/7/9 0.93x; with the
+    # GPU-trained head on the demo prompt: N 8 checks 2/3/4 1.18-1.20x, N 12 checks 3/4/5 1.12x, N 16 K 6 0.98x.
     p.set_defaults(func=run, threads=2, dtype="float32", total_tokens=8, tree_top_k=4, checks="2,3,4", max_depth=6)
 
 

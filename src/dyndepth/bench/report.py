@@ -31,16 +31,17 @@ def settings_text(settings: dict) -> str:
 def main_table(summary: dict) -> list[str]:
     ref = summary.get("exactness_reference")
     base = summary.get("baseline") or "baseline"
-    lines = [f"| method | tok/s | speedup vs {base} | tau | mean depth | early stop | draft | verify | prefill | "
-             f"other | exact vs {ref or 'reference'} |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| method | tok/s | speedup vs {base} | tau | tau by turn | mean depth | early stop | draft | verify | "
+             f"prefill | other | exact vs {ref or 'reference'} |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, st in summary["methods"].items():
         t = st["time"]
         ex = st.get("exactness")
         exact = (f"{ex['matches']}/{ex['turns']}" if ex else "reference" if name == ref
                  else "n/a (sampling)" if ref is None else "–")
         lines.append(f"| {name} | {_num(st['tokens_per_s'])} | {_num(st['speedup'], '{:.2f}x')} | "
-                     f"{_num(st['tau'])} | {_num(st['mean_depth'])} | {_num(st.get('early_stop_rate'), '{:.0%}')} | "
+                     f"{_num(st['tau'])} | {' / '.join(_num(x) for x in st.get('tau_by_turn', [])) or '–'} | "
+                     f"{_num(st['mean_depth'])} | {_num(st.get('early_stop_rate'), '{:.0%}')} | "
                      f"{_pct(t['draft_share'])} | {_pct(t['verify_share'])} | {_pct(t['prefill_share'])} | "
                      f"{_pct(t['other_share'])} | {exact} |")
     return lines

@@ -57,6 +57,17 @@ def tau(records: list[dict]) -> float | None:
     return tokens / steps if steps else None
 
 
+def tau_by_turn(records: list[dict]) -> list[float | None]:
+    """tau of each turn index separately (MT-bench: first turns, second turns), by the same rule as ``tau``."""
+    n = max((_turns(r) for r in records), default=0)
+    out = []
+    for t in range(n):
+        one = [{"choices": [{k: v[t: t + 1] for k, v in _choice(r).items() if isinstance(v, list)}]}
+               for r in records if _turns(r) > t]
+        out.append(tau(one))
+    return out
+
+
 def time_split(records: list[dict]) -> dict:
     """Seconds and shares of wall time spent in prefill, drafting, verification and everything else."""
     total = {k: 0.0 for k in ("wall", "prefill", "draft", "verify", "other")}
@@ -100,6 +111,7 @@ def method_stats(records: list[dict], settings: dict | None = None) -> dict:
         "steps": sum(sum(_choice(r).get("steps", [])) for r in records),
         "tokens_per_s": round(speed, 4) if speed is not None else None,
         "tau": _round(tau(records)),
+        "tau_by_turn": [_round(x) for x in tau_by_turn(records)],
         "mean_depth": _round(mean(depths) if depths else None),
         "depth_histogram": dict(sorted(Counter(depths).items())),
         "accept_histogram": dict(sorted(Counter(accepts).items())),
