@@ -67,6 +67,7 @@ def test_train_head_smoke_run_saves_a_working_head(smollm2_path, tmp_path, one_t
     (["--tokens", "1k", "--device", "meta"], "--device expects"),
     (["--tokens", "1k", "--extract-batch-tokens", "0"], "--extract-batch-tokens"),
     (["--tokens", "1k", "--time-budget", "0"], "--time-budget"),
+    (["--tokens", "1k", "--conversations", "0"], "--conversations"),
 ])
 def test_bad_arguments_give_one_line_and_exit_2(bad, message, tmp_path, capsys):
     try:
@@ -97,3 +98,21 @@ def test_self_distill_builds_examples_from_the_targets_own_replies(smollm2_path,
         # the reply is the target's greedy continuation
         out = target.model.generate(torch.tensor([p]), max_new_tokens=len(reply), do_sample=False)
         assert out[0, len(p):].tolist() == reply
+
+
+def test_conversations_keeps_a_prefix_so_a_longer_file_gives_the_same_training_order(tmp_path):
+    from dyndepth.train.pipeline import Options, training_conversations
+
+    convs = [[{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]
+             for i in range(30)]
+    short, long = tmp_path / "short.jsonl", tmp_path / "long.jsonl"
+    short.write_text("".join(json.dumps({"messages": c}) + "\n" for c in convs[:20]))
+    long.write_text("".join(json.dumps({"messages": c}) + "\n" for c in convs))
+
+    def order(path, n):
+        got = training_conversations(Options(model="m", data=str(path), conversations=n, tokens=1, out=tmp_path))
+        return [c[0]["content"] for c in got]
+
+    assert order(long, 20) == order(short, None) == order(short, 20)  # the same 20, in the same shuffled order
+    assert sorted(order(long, 20)) == sorted(f"question {i}" for i in range(20))
+    assert order(long, None) != order(short, None)  # without the prefix the shuffle sees the extra items

@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="zoo name or Hugging Face model directory")
     p.add_argument("--data", default="sharegpt", help="'sharegpt' (packaged ShareGPT V3) or a ShareGPT-format "
                                                       ".json / .jsonl file (default: sharegpt)")
+    p.add_argument("--conversations", type=int, default=None, metavar="N",
+                   help="use only the first N conversations of --data (before shuffling; default: all)")
     p.add_argument("--tokens", required=True, help="training tokens to extract, e.g. 300k (prompt + reply)")
     p.add_argument("--out", required=True, type=Path, help="output directory for the head")
     p.add_argument("--epochs", type=int, default=3, help="training epochs (0 = extract features only)")
@@ -80,11 +82,12 @@ def cmd_train_head(args: argparse.Namespace) -> int:
         raise DyndepthError(f"--threads must be >= 1, got {args.threads}")
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, noise=args.noise,
                       eval_steps=args.eval_steps, unroll=args.unroll, seed=args.seed)
-    opts = Options(model=args.model, data=args.data, tokens=parse_count(args.tokens), out=args.out,
-                   max_len=args.max_len, draft_vocab=args.draft_vocab, intermediate_size=args.intermediate_size,
+    opts = Options(model=args.model, data=args.data, conversations=args.conversations,
+                   tokens=parse_count(args.tokens), out=args.out, max_len=args.max_len,
+                   draft_vocab=args.draft_vocab, intermediate_size=args.intermediate_size,
                    self_distill=args.self_distill, distill_max_new=args.distill_max_new, init=args.init,
-                   holdout=args.holdout, cache_dir=args.cache_dir,
-                   dtype=args.dtype, threads=args.threads, device=args.device,
-                   extract_batch_tokens=args.extract_batch_tokens, time_budget_min=args.time_budget, progress=not args.no_progress, train=cfg)
+                   holdout=args.holdout, cache_dir=args.cache_dir, dtype=args.dtype, threads=args.threads,
+                   device=args.device, extract_batch_tokens=args.extract_batch_tokens,
+                   time_budget_min=args.time_budget, progress=not args.no_progress, train=cfg)
     run(opts)
     return 0

@@ -33,6 +33,7 @@ class Options:
     data: str  # "sharegpt" or a .json/.jsonl file
     tokens: int  # training tokens (prompt + reply) to extract
     out: Path
+    conversations: int | None = None  # keep only the data's first N conversations (before the shuffle)
     max_len: int = 1024
     draft_vocab: int = 8192  # 0 = the full target vocabulary
     intermediate_size: int | None = None  # None = the target's MLP width
@@ -56,6 +57,16 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def training_conversations(opts: Options) -> list:
+    """The conversations of ``opts.data`` in training order: the first ``opts.conversations`` (all if None),
+    shuffled with the seed. The order depends only on that prefix, so a longer file gives the same run."""
+    convs = D.load_conversations(opts.data)
+    if opts.conversations is not None:
+        convs = convs[: opts.conversations]
+    random.Random(opts.train.seed).shuffle(convs)
+    return convs
+
+
 def run(opts: Options, target=None, log=_log) -> dict:
     """Train a head; returns the training record (also written as training.json beside the weights)."""
     _check(opts)
@@ -65,8 +76,7 @@ def run(opts: Options, target=None, log=_log) -> dict:
         opts.extract_batch_tokens = 4096 if dev.type == "cpu" else 65536
     wall0 = time.perf_counter()
     timings = {}
-    convs = D.load_conversations(opts.data)  # before loading the model: bad data fails fast
-    random.Random(opts.train.seed).shuffle(convs)
+    convs = training_conversations(opts)  # before loading the model: bad data fails fast
     if target is None:
         from dyndepth.target import Target
 
@@ -283,6 +293,8 @@ def _device_name(dev: torch.device) -> str:
 def _check(opts: Options) -> None:
     if opts.tokens < 1:
         raise DyndepthError(f"--tokens must be a positive number of tokens, got {opts.tokens}")
+    if opts.conversations is not None and opts.conversations < 1:
+        raise DyndepthError(f"--conversations must be a positive number, got {opts.conversations}")
     if opts.max_len < 8:
         raise DyndepthError(f"--max-len must be at least 8, got {opts.max_len}")
     if opts.draft_vocab < 0:
