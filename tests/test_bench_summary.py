@@ -80,6 +80,17 @@ def test_sampling_runs_report_no_exactness():
     base = [rec(1, "a", [4], [1.0])]
     out = S.summarize({"vanilla": base, "ddd": base}, greedy=False)
     assert out["exactness_reference"] is None and "exactness" not in out["methods"]["ddd"]
+    assert out["exactness_note"] == "sampling"
+
+
+def test_greedy_run_without_the_reference_method_says_so():
+    from dyndepth.bench.report import main_table
+
+    base = [rec(1, "a", [4], [1.0])]
+    out = S.summarize({"ddd": base, "eagle2": base})
+    assert out["exactness_reference"] is None and out["exactness_note"] == "no vanilla in this run"
+    rows = main_table(out)
+    assert "n/a (no vanilla in this run)" in rows[2] and "sampling" not in "".join(rows)
 
 
 def test_balanced_selection_covers_categories():

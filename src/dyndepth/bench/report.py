@@ -38,7 +38,7 @@ def main_table(summary: dict) -> list[str]:
         t = st["time"]
         ex = st.get("exactness")
         exact = (f"{ex['matches']}/{ex['turns']}" if ex else "reference" if name == ref
-                 else "n/a (sampling)" if ref is None else "–")
+                 else f"n/a ({summary.get('exactness_note') or 'no reference'})" if ref is None else "–")
         lines.append(f"| {name} | {_num(st['tokens_per_s'])} | {_num(st['speedup'], '{:.2f}x')} | "
                      f"{_num(st['tau'])} | {' / '.join(_num(x) for x in st.get('tau_by_turn', [])) or '–'} | "
                      f"{_num(st['mean_depth'])} | {_num(st.get('early_stop_rate'), '{:.0%}')} | "

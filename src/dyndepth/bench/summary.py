@@ -146,8 +146,9 @@ def summarize(answers: dict[str, list[dict]], settings: dict[str, dict] | None =
                                 "tau": _round(tau(sub))}
         st["categories"] = per_cat
         methods[name] = st
+    note = None if ref is not None else "sampling" if not greedy else f"no {reference or 'reference'} in this run"
     return {"baseline": baseline if base else None, "exactness_reference": reference if ref else None,
-            "categories": categories, "methods": methods}
+            "exactness_note": note, "categories": categories, "methods": methods}
 
 
 def _round(x, nd: int = 4):
