@@ -5,7 +5,7 @@ import json
 import pytest
 
 from dyndepth.bench import summary as S
-from dyndepth.bench.questions import Question, read_questions, resolve_bench, select_questions
+from dyndepth.bench.questions import Question, first_turns, load_questions, read_questions, resolve_bench, select_questions
 from dyndepth.cli import main
 
 
@@ -99,6 +99,17 @@ def test_balanced_selection_covers_categories():
     picked = select_questions(questions, 8, "balanced")
     assert len({q.category for q in picked}) == 8
     assert select_questions(questions, 3, "first") == questions[:3]
+
+
+def test_turns_keeps_each_questions_first_turns(tmp_path, capsys):
+    _, picked = load_questions("mt_bench", 5, "balanced", turns=1)
+    full = select_questions(read_questions(resolve_bench("mt_bench")), 5, "balanced")
+    assert [q.question_id for q in picked] == [q.question_id for q in full]
+    assert all(q.turns == f.turns[:1] for q, f in zip(picked, full))
+    assert first_turns(full, None) == full and first_turns(full, 5) == full
+    code = main(["bench", "--model", "none", "--turns", "0", "--methods", "vanilla", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "--turns" in err
 
 
 def test_bad_question_file_is_a_one_line_error(tmp_path, capsys):

@@ -45,6 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--questions", type=int, default=None, help="number of questions (default: all)")
     p.add_argument("--select", choices=("balanced", "first"), default="balanced",
                    help="which questions --questions keeps: round-robin over categories (default) or the first N")
+    p.add_argument("--turns", type=int, default=None,
+                   help="answer only each question's first N turns (default: all; 1 = MT-bench first turns)")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"))
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -74,6 +76,8 @@ def _check_args(args) -> None:
         raise DyndepthError("--warmup must be >= 0 and --warmup-tokens >= 1")
     if args.questions is not None and args.questions < 1:
         raise DyndepthError(f"--questions must be >= 1, got {args.questions}")
+    if args.turns is not None and args.turns < 1:
+        raise DyndepthError(f"--turns must be >= 1, got {args.turns}")
     if args.out.exists() and not args.out.is_dir():
         raise DyndepthError(f"--out {args.out} exists and is not a folder")
 
@@ -110,7 +114,7 @@ def run(args) -> int:
 
     cfg = RunConfig(model=args.model, bench=args.bench, methods=plans, out=args.out, head=args.head,
                     params=GenParams(args.max_new_tokens, args.temperature, args.top_p, args.top_k),
-                    questions=args.questions, select=args.select, dtype=args.dtype, device=args.device,
+                    questions=args.questions, select=args.select, turns=args.turns, dtype=args.dtype, device=args.device,
                     threads=args.threads, warmup=args.warmup, warmup_tokens=args.warmup_tokens, seed=args.seed,
                     plots=args.plots)
     doc = run_benchmark(cfg)

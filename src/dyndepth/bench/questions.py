@@ -102,6 +102,16 @@ def select_questions(questions: list[Question], n: int | None, how: str = "balan
     return [questions[i] for i in sorted(picked)]
 
 
-def load_questions(spec: str, n: int | None = None, how: str = "balanced") -> tuple[Path, list[Question]]:
+def first_turns(questions: list[Question], turns: int | None) -> list[Question]:
+    """Each question cut to its first ``turns`` turns (None = all), e.g. 1 for MT-bench first turns only."""
+    if turns is None:
+        return list(questions)
+    if turns < 1:
+        raise DyndepthError(f"--turns must be >= 1, got {turns}")
+    return [Question(q.question_id, q.category, q.turns[:turns]) for q in questions]
+
+
+def load_questions(spec: str, n: int | None = None, how: str = "balanced",
+                   turns: int | None = None) -> tuple[Path, list[Question]]:
     path = resolve_bench(spec)
-    return path, select_questions(read_questions(path), n, how)
+    return path, first_turns(select_questions(read_questions(path), n, how), turns)

@@ -67,7 +67,9 @@ def render_markdown(summary: dict, run: dict) -> str:
     out = [f"# dyndepth bench: {run['model_id']} on {run['bench']}", "",
            f"- Machine: {describe_machine(run['machine'])}",
            f"- Model: {run['model']} · dtype {run['dtype']} · device {run['device']} · head: {run['head']}",
-           f"- Questions: {run['questions']} ({run['turns']} turns, {run['select']} selection) from "
+           f"- Questions: {run['questions']} ({run['turns']} turns"
+           + (f", first {run['max_turns']} per question" if run.get("max_turns") else "")
+           + f", {run['select']} selection) from "
            f"`{Path(run['bench_file']).name}` · max_new_tokens {p['max_new_tokens']} · temperature "
            f"{p['temperature']:g} ({sampling}) · warm-up {run['warmup']} x {run['warmup_tokens']} tokens per method "
            f"· seed {run['seed']} · run took {run['wall_s']:.0f} s",

@@ -31,6 +31,7 @@ class RunConfig:
     params: GenParams = field(default_factory=GenParams)
     questions: int | None = None
     select: str = "balanced"
+    turns: int | None = None  # answer only each question's first N turns (None = all)
     dtype: str = "bfloat16"
     device: str = "cpu"
     threads: int | None = 2
@@ -83,7 +84,7 @@ def run_benchmark(cfg: RunConfig) -> dict:
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    bench_path, questions = load_questions(cfg.bench, cfg.questions, cfg.select)
+    bench_path, questions = load_questions(cfg.bench, cfg.questions, cfg.select, cfg.turns)
     ctx = BenchContext(cfg.model, dtype=cfg.dtype, device=cfg.device, head=cfg.head, seed=cfg.seed)
     started = time.perf_counter()
     target = ctx.target()
@@ -137,7 +138,7 @@ def run_benchmark(cfg: RunConfig) -> dict:
             m.family == "tree" and m.settings().get("policy") != "plain" for m in methods.values()) else "not used",
         "bench": cfg.bench, "bench_file": str(bench_path), "questions": len(questions),
         "question_ids": [q.question_id for q in questions], "select": cfg.select,
-        "turns": sum(len(q.turns) for q in questions), "dtype": cfg.dtype, "device": cfg.device,
+        "turns": sum(len(q.turns) for q in questions), "max_turns": cfg.turns, "dtype": cfg.dtype, "device": cfg.device,
         "params": asdict(cfg.params), "warmup": cfg.warmup, "warmup_tokens": warm.max_new_tokens, "seed": cfg.seed,
         "wall_s": round(time.perf_counter() - started, 1), "machine": info,
         "methods": {n: m.settings() for n, m in methods.items()},
