@@ -56,6 +56,14 @@ def test_train_head_smoke_run_saves_a_working_head(smollm2_path, tmp_path, one_t
     assert "resuming" in log and "training 1 of 3 epochs" in log
     assert len(json.loads((tmp_path / "head2" / "training.json").read_text())["history"]) == 1
 
+    # --features memory: the same data trains without writing a feature shard
+    mem_cache = tmp_path / "cache-mem"
+    argv = args[:args.index("--cache-dir")] + ["--cache-dir", str(mem_cache), "--threads", "1", "--no-progress",
+                                                "--epochs", "1", "--features", "memory", "--out", str(tmp_path / "h3")]
+    assert main(argv) == 0
+    assert "saved head" in capsys.readouterr().out
+    assert not list(mem_cache.rglob("*.safetensors")) and (tmp_path / "h3" / "model.safetensors").is_file()
+
 
 @pytest.mark.parametrize("bad,message", [
     (["--tokens", "lots"], "--tokens expects a number"),
@@ -68,6 +76,8 @@ def test_train_head_smoke_run_saves_a_working_head(smollm2_path, tmp_path, one_t
     (["--tokens", "1k", "--extract-batch-tokens", "0"], "--extract-batch-tokens"),
     (["--tokens", "1k", "--time-budget", "0"], "--time-budget"),
     (["--tokens", "1k", "--conversations", "0"], "--conversations"),
+    (["--tokens", "1k", "--features", "memory", "--epochs", "0"], "--features memory"),
+    (["--tokens", "1k", "--features", "ram"], "invalid choice"),
 ])
 def test_bad_arguments_give_one_line_and_exit_2(bad, message, tmp_path, capsys):
     try:

@@ -115,3 +115,18 @@ def test_extraction_resumes_from_finished_shards(tmp_path, monkeypatch):
     assert X.extract(target, examples, tmp_path, batch_tokens=64, shard_tokens=80, progress=False) == paths
     shard1 = X.load_shards([paths[1]])
     assert sum(calls) == len(shard1)  # only the missing shard was recomputed
+
+
+def test_in_memory_extraction_equals_the_shards(tmp_path):
+    target = tiny_target("llama")
+    rng = random.Random(1)
+    examples = []
+    for _ in range(9):
+        ids = [rng.randrange(1, VOCAB) for _ in range(rng.randrange(5, 30))]
+        examples.append((ids, [rng.randrange(2) for _ in ids]))
+    on_disk = X.load_shards(X.extract(target, examples, tmp_path, batch_tokens=64, shard_tokens=80, progress=False))
+    in_mem = X.extract_in_memory(target, examples, torch.device("cpu"), batch_tokens=64, progress=False)
+    assert sorted(in_mem) == sorted(on_disk) == list(range(len(examples)))
+    for i in in_mem:
+        for a, b in zip(in_mem[i], on_disk[i]):
+            assert a.dtype == b.dtype and torch.equal(a, b)

@@ -58,6 +58,9 @@ def register(subparsers) -> None:
     p.add_argument("--holdout", type=float, default=0.05, help="held-out share of --tokens (at most 20k tokens)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="feature shards (default $DYNDEPTH_HOME/train); reruns with the same data resume")
+    p.add_argument("--features", choices=("disk", "memory"), default="disk",
+                   help="disk: resumable feature shards in --cache-dir (default); memory: keep the features on "
+                        "the training device only (for data larger than the free disk; no resume)")
     p.add_argument("--dtype", default="bfloat16", help="target dtype for extraction (default bfloat16)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--device", default="auto",
@@ -86,7 +89,7 @@ def cmd_train_head(args: argparse.Namespace) -> int:
                    tokens=parse_count(args.tokens), out=args.out, max_len=args.max_len,
                    draft_vocab=args.draft_vocab, intermediate_size=args.intermediate_size,
                    self_distill=args.self_distill, distill_max_new=args.distill_max_new, init=args.init,
-                   holdout=args.holdout, cache_dir=args.cache_dir, dtype=args.dtype, threads=args.threads,
+                   holdout=args.holdout, cache_dir=args.cache_dir, features=args.features, dtype=args.dtype, threads=args.threads,
                    device=args.device, extract_batch_tokens=args.extract_batch_tokens,
                    time_budget_min=args.time_budget, progress=not args.no_progress, train=cfg)
     run(opts)

@@ -5,6 +5,10 @@ Per conversation: token ids [n] (int32), loss mask [n] (uint8, 1 = assistant tok
 batches of at most ``batch_tokens`` padded tokens; consecutive batches are grouped into shards
 ``shard-NNNNN.safetensors`` (flat tensors + offsets). A shard is written atomically, so an interrupted run resumes
 by skipping the shards that exist.
+
+``extract_in_memory`` is the same computation without the disk: the features stay where training runs (the
+GPU's memory, for example). It is for data larger than the machine's free disk, and saves the writes; an
+interrupted run starts over.
 """
 
 from __future__ import annotations
@@ -60,8 +64,8 @@ def plan_shards(batches: list[list[int]], lengths: list[int], shard_tokens: int)
 
 
 @torch.inference_mode()
-def run_batch(target, examples: list[Example]) -> list[torch.Tensor]:
-    """Right-padded batch forward -> features [n_i, H] (bf16) per example."""
+def run_batch(target, examples: list[Example], keep_on: torch.device | None = None) -> list[torch.Tensor]:
+    """Right-padded batch forward -> features [n_i, H] (bf16) per example, on the CPU or on ``keep_on``."""
     n = max(len(ids) for ids, _ in examples)
     ids = torch.zeros(len(examples), n, dtype=torch.long)  # [B, n]
     att = torch.zeros(len(examples), n, dtype=torch.long)
@@ -69,8 +73,8 @@ def run_batch(target, examples: list[Example]) -> list[torch.Tensor]:
         ids[b, : len(x)] = torch.tensor(x)
         att[b, : len(x)] = 1
     out = target.base(input_ids=ids.to(target.device), attention_mask=att.to(target.device), use_cache=False)
-    feats = out.last_hidden_state.to(torch.bfloat16).cpu()  # [B, n, H]
-    return [feats[b, : len(x)] for b, (x, _) in enumerate(examples)]
+    feats = out.last_hidden_state.to(torch.bfloat16).to(keep_on or "cpu")  # [B, n, H]
+    return [feats[b, : len(x)].clone() for b, (x, _) in enumerate(examples)]  # clone: free the padded batch
 
 
 def extract(target, examples: list[Example], out_dir: Path, batch_tokens: int = 4096,
@@ -98,6 +102,23 @@ def extract(target, examples: list[Example], out_dir: Path, batch_tokens: int = 
         _write_shard(paths[k], index, [examples[i] for i in index], [parts[i] for i in index])
     bar.close()
     return paths
+
+
+def extract_in_memory(target, examples: list[Example], device: torch.device, batch_tokens: int = 4096,
+                      progress: bool = True) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """-> {example number: (ids [n] long, mask [n] bool, feats [n, H] bf16)}, all on ``device`` (as load_shards)."""
+    lengths = [len(ids) for ids, _ in examples]
+    out = {}
+    bar = tqdm(total=sum(lengths), unit="tok", unit_scale=True, desc="extract features (in memory)",
+               disable=not progress, dynamic_ncols=True)
+    for batch in plan_batches(lengths, batch_tokens):
+        for i, f in zip(batch, run_batch(target, [examples[i] for i in batch], keep_on=device)):
+            ids, mask = examples[i]
+            out[i] = (torch.tensor(ids, dtype=torch.long, device=device),
+                      torch.tensor(mask, dtype=torch.bool, device=device), f)
+        bar.update(sum(lengths[i] for i in batch))
+    bar.close()
+    return out
 
 
 def _plan(examples, out_dir: Path, batch_tokens: int, shard_tokens: int):

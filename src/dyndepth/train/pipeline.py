@@ -21,8 +21,8 @@ import torch
 from dyndepth.errors import DyndepthError
 from dyndepth.head import DraftHead, head_config
 from dyndepth.train import data as D
-from dyndepth.train.extract import (extract, fingerprint, load_shards, pending_tokens, plan_batches, run_batch,
-                                    write_manifest)
+from dyndepth.train.extract import (extract, extract_in_memory, fingerprint, load_shards, pending_tokens,
+                                    plan_batches, run_batch, write_manifest)
 from dyndepth.train.trainer import TrainConfig, fit, train_step
 from dyndepth.train.vocab import coverage, frequent_tokens, special_ids, token_counts
 
@@ -44,6 +44,7 @@ class Options:
     holdout: float = 0.05  # share of the token budget held out for metrics (extra to `tokens`)
     holdout_max: int = 20000
     cache_dir: Path | None = None  # feature shards; default $DYNDEPTH_HOME/train
+    features: str = "disk"  # "disk": resumable shards in cache_dir; "memory": kept on the training device only
     extract_batch_tokens: int | None = None  # padded tokens per extraction forward; None = 4096 (CPU), 65536 (GPU)
     dtype: str = "bfloat16"  # target dtype for distillation and extraction
     threads: int = 2
@@ -105,13 +106,17 @@ def run(opts: Options, target=None, log=_log) -> dict:
     cache = (opts.cache_dir or _default_cache()) / fp
     per_epoch_s = _estimate(target, examples, len(held), cache, opts, log)
     t0 = time.perf_counter()
-    paths = extract(target, examples, cache, batch_tokens=opts.extract_batch_tokens, progress=opts.progress)
-    write_manifest(cache, {"model": opts.model, "dtype": opts.dtype, "examples": len(examples),
-                           "heldout": len(held), "tokens": sum(len(i) for i, _ in examples)})
+    if opts.features == "memory":  # straight to the training device; nothing written, nothing to resume
+        feats = extract_in_memory(target, examples, dev, batch_tokens=opts.extract_batch_tokens,
+                                  progress=opts.progress)
+    else:
+        paths = extract(target, examples, cache, batch_tokens=opts.extract_batch_tokens, progress=opts.progress)
+        write_manifest(cache, {"model": opts.model, "dtype": opts.dtype, "examples": len(examples),
+                               "heldout": len(held), "tokens": sum(len(i) for i, _ in examples)})
+        feats = load_shards(paths)
+        if dev.type != "cpu":  # the whole feature set on the accelerator: no host copies per step
+            feats = {i: tuple(t.to(dev) for t in item) for i, item in feats.items()}
     timings["extract_s"] = round(time.perf_counter() - t0, 1)
-    feats = load_shards(paths)
-    if dev.type != "cpu":  # the whole feature set on the accelerator: no host copies per step
-        feats = {i: tuple(t.to(dev) for t in item) for i, item in feats.items()}
     held_items = [feats[i] for i in range(len(held))]
     train_items = [feats[i] for i in range(len(held), len(examples))]
 
@@ -224,7 +229,8 @@ def _render_split(tok, convs, n_hold: int, n_train: int, max_len: int):
 def _estimate(target, examples, n_held: int, cache: Path, opts: Options, log) -> float:
     """Print a time estimate from one measured extraction batch and two training steps; returns the
     estimated seconds per epoch (training + held-out metrics)."""
-    todo = pending_tokens(examples, cache, opts.extract_batch_tokens)
+    todo = (sum(len(i) for i, _ in examples) if opts.features == "memory"
+            else pending_tokens(examples, cache, opts.extract_batch_tokens))
     left = "resuming: finished feature shards are reused" if todo < sum(len(i) for i, _ in examples) else ""
     lengths = [len(i) for i, _ in examples]
     plan = plan_batches(lengths, opts.extract_batch_tokens)
@@ -310,6 +316,10 @@ def _check(opts: Options) -> None:
         raise DyndepthError(f"--init {opts.init} is not a draft head directory (no config.json)")
     if opts.time_budget_min is not None and not opts.time_budget_min > 0:
         raise DyndepthError(f"--time-budget must be a positive number of minutes, got {opts.time_budget_min}")
+    if opts.features not in ("disk", "memory"):
+        raise DyndepthError(f"--features expects disk or memory, got {opts.features!r}")
+    if opts.features == "memory" and opts.train.epochs == 0:
+        raise DyndepthError("--epochs 0 keeps nothing with --features memory; use --features disk")
     if opts.extract_batch_tokens is not None and opts.extract_batch_tokens < 1:
         raise DyndepthError(f"--extract-batch-tokens must be positive, got {opts.extract_batch_tokens}")
     if opts.out.exists() and not opts.out.is_dir():
