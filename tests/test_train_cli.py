@@ -76,6 +76,8 @@ def test_train_head_smoke_run_saves_a_working_head(smollm2_path, tmp_path, one_t
     (["--tokens", "1k", "--extract-batch-tokens", "0"], "--extract-batch-tokens"),
     (["--tokens", "1k", "--time-budget", "0"], "--time-budget"),
     (["--tokens", "1k", "--conversations", "0"], "--conversations"),
+    (["--tokens", "1k", "--conversations", "9:3"], "--conversations"),
+    (["--tokens", "1k", "--conversations", "many"], "--conversations"),
     (["--tokens", "1k", "--features", "memory", "--epochs", "0"], "--features memory"),
     (["--tokens", "1k", "--features", "ram"], "invalid choice"),
 ])
@@ -126,3 +128,25 @@ def test_conversations_keeps_a_prefix_so_a_longer_file_gives_the_same_training_o
     assert order(long, 20) == order(short, None) == order(short, 20)  # the same 20, in the same shuffled order
     assert sorted(order(long, 20)) == sorted(f"question {i}" for i in range(20))
     assert order(long, None) != order(short, None)  # without the prefix the shuffle sees the extra items
+
+
+def test_conversations_range_selects_a_slice_in_file_order(tmp_path):
+    from dyndepth.errors import DyndepthError
+    from dyndepth.train.pipeline import Options, conversation_range, training_conversations
+
+    assert conversation_range(None) == slice(None) and conversation_range(7) == slice(0, 7)
+    assert conversation_range("7") == slice(0, 7) and conversation_range("3:9") == slice(3, 9)
+    assert conversation_range("3:") == slice(3, None) and conversation_range(":5") == slice(0, 5)
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                     {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+                            for i in range(30)))
+
+    def picked(spec):
+        got = training_conversations(Options(model="m", data=str(path), conversations=spec, tokens=1, out=tmp_path))
+        return sorted(int(c[0]["content"][1:]) for c in got)
+
+    assert picked("20:") == list(range(20, 30)) and picked("5:8") == [5, 6, 7]
+    assert set(picked("20:")).isdisjoint(picked(20)) and picked("0:20") == picked(20)
+    with pytest.raises(DyndepthError, match="only 30 conversations"):
+        picked("40:")

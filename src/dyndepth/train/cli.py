@@ -35,8 +35,9 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="zoo name or Hugging Face model directory")
     p.add_argument("--data", default="sharegpt", help="'sharegpt' (packaged ShareGPT V3) or a ShareGPT-format "
                                                       ".json / .jsonl file (default: sharegpt)")
-    p.add_argument("--conversations", type=int, default=None, metavar="N",
-                   help="use only the first N conversations of --data (before shuffling; default: all)")
+    p.add_argument("--conversations", default=None, metavar="N|A:B",
+                   help="use only the first N conversations of --data, or conversations A to B-1 ('A:' = from "
+                        "A on), counted in file order before shuffling (default: all)")
     p.add_argument("--tokens", required=True, help="training tokens to extract, e.g. 300k (prompt + reply)")
     p.add_argument("--out", required=True, type=Path, help="output directory for the head")
     p.add_argument("--epochs", type=int, default=3, help="training epochs (0 = extract features only)")

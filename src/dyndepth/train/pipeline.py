@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -33,7 +34,7 @@ class Options:
     data: str  # "sharegpt" or a .json/.jsonl file
     tokens: int  # training tokens (prompt + reply) to extract
     out: Path
-    conversations: int | None = None  # keep only the data's first N conversations (before the shuffle)
+    conversations: int | str | None = None  # N = the data's first N conversations, "A:B" = A..B-1 (before the shuffle)
     max_len: int = 1024
     draft_vocab: int = 8192  # 0 = the full target vocabulary
     intermediate_size: int | None = None  # None = the target's MLP width
@@ -58,12 +59,35 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def conversation_range(spec: int | str | None) -> slice:
+    """--conversations: None = all, N = the first N, "A:B" = conversations A..B-1, "A:" = from A on (0-based)."""
+    if spec is None:
+        return slice(None)
+    text = str(spec).strip()
+    m = re.fullmatch(r"(\d*)\s*:\s*(\d*)", text) if ":" in text else re.fullmatch(r"(\d+)", text)
+    bad = DyndepthError(f"--conversations expects N (the first N) or A:B (conversations A to B-1; 'A:' = from A "
+                        f"on), with B > A and N >= 1, got {spec!r}")
+    if not m:
+        raise bad
+    if ":" not in text:
+        start, stop = 0, int(m.group(1))
+    else:
+        start, stop = int(m.group(1) or 0), (int(m.group(2)) if m.group(2) else None)
+    if (stop is not None and stop <= start) or stop == 0:
+        raise bad
+    return slice(start, stop)
+
+
 def training_conversations(opts: Options) -> list:
-    """The conversations of ``opts.data`` in training order: the first ``opts.conversations`` (all if None),
-    shuffled with the seed. The order depends only on that prefix, so a longer file gives the same run."""
+    """The conversations of ``opts.data`` in training order: those ``opts.conversations`` selects (all if None),
+    shuffled with the seed. The order depends only on that selection, so a longer file gives the same run."""
     convs = D.load_conversations(opts.data)
-    if opts.conversations is not None:
-        convs = convs[: opts.conversations]
+    part = conversation_range(opts.conversations)
+    if part != slice(None):
+        if part.start >= len(convs):
+            raise DyndepthError(f"--conversations {opts.conversations}: {opts.data!r} has only {len(convs)} "
+                                f"conversations")
+        convs = convs[part]
     random.Random(opts.train.seed).shuffle(convs)
     return convs
 
@@ -299,8 +323,7 @@ def _device_name(dev: torch.device) -> str:
 def _check(opts: Options) -> None:
     if opts.tokens < 1:
         raise DyndepthError(f"--tokens must be a positive number of tokens, got {opts.tokens}")
-    if opts.conversations is not None and opts.conversations < 1:
-        raise DyndepthError(f"--conversations must be a positive number, got {opts.conversations}")
+    conversation_range(opts.conversations)
     if opts.max_len < 8:
         raise DyndepthError(f"--max-len must be at least 8, got {opts.max_len}")
     if opts.draft_vocab < 0:
