@@ -5,27 +5,8 @@ import csv
 import json
 
 import pytest
-import torch
 
 from dyndepth.cli import main
-
-
-@pytest.fixture(scope="module")
-def tiny_chat_model(smollm2_path, tmp_path_factory):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny_chat")
-    tok = AutoTokenizer.from_pretrained(smollm2_path)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # sharper distributions than the default init, as in tests/tiny_models.py
-        model.get_output_embeddings().weight.mul_(8.0)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

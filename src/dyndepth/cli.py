@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dyndepth",
         description="Lossless speculative decoding with EAGLE-2 draft trees and Dynamic Depth Decoding (DDD).",
     )
+    from dyndepth import __version__
+
+    parser.add_argument("--version", action="version", version=f"dyndepth {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     model_commands.register(sub)
@@ -48,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DyndepthError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from dyndepth.validate import OptionError
+
+        message = exc.for_cli() if isinstance(exc, OptionError) else str(exc)
+        print(f"error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

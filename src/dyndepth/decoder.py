@@ -23,14 +23,18 @@ from typing import Iterator
 
 import torch
 
+from dyndepth import validate
 from dyndepth.draft import grow_pool
 from dyndepth.errors import DyndepthError
 from dyndepth.head import DraftHead, DraftKV, head_config
 from dyndepth.policies import DepthPolicy, make_policy
+from dyndepth.request import GenerationRequest, ResolvedRequest
 from dyndepth.sampling import SamplingParams, pick_token
 from dyndepth.stats import GenerationStats, StepStats
-from dyndepth.target import Target
+from dyndepth.target import Target, parse_dtype
+from dyndepth.text import TextChunk, TextStream
 from dyndepth.tree import DraftTree
+from dyndepth.validate import OptionError
 from dyndepth.verify import NodeLogits, verify
 
 # Tokens verified per step (root included). EAGLE-2 uses 60 on GPUs; a CPU's verify cost grows quickly with N.
@@ -47,26 +51,32 @@ class GenerationOutput:
 
 class SpeculativeDecoder:
     def __init__(self, target: Target, head: DraftHead | None, policy: DepthPolicy | str = "ddd",
-                 top_k: int = DEFAULT_TOP_K, total_tokens: int | None = None, max_depth: int | None = None,
+                 top_k: int | None = None, total_tokens: int | None = None, max_depth: int | None = None,
                  checks=None, threshold: float | None = None):
         self.target = target
-        self.policy = make_policy(policy, max_depth=max_depth, checks=checks, threshold=threshold)
+        if isinstance(policy, DepthPolicy):
+            tree = validate.tree_options("fixed" if policy.max_depth else "plain", top_k, total_tokens)
+            self.policy = policy
+        else:
+            tree = validate.tree_options(policy, top_k, total_tokens, max_depth, checks, threshold)
+            self.policy = make_policy(policy, **{k: tree[k] for k in ("max_depth", "checks", "threshold") if k in tree})
         if self.policy.max_depth > 0 and head is None:
             raise DyndepthError(f"the {self.policy.name!r} policy needs a draft head")
         self.head = head
         if head is not None:
             head.bind(target.embed, target.lm_head.weight)
         device_kind = "cuda" if target.device.type == "cuda" else "cpu"
-        self.total_tokens = int(total_tokens or DEFAULT_TOTAL_TOKENS[device_kind])
-        self.top_k = int(top_k)
-        if self.top_k < 1:
-            raise DyndepthError(f"draft top_k must be >= 1, got {top_k}")
-        if self.total_tokens < 1:
-            raise DyndepthError(f"total_tokens must be >= 1 (it counts the root), got {total_tokens}")
-        if head is not None and self.top_k > head.draft_vocab_size:
-            raise DyndepthError(f"draft top_k {top_k} exceeds the draft vocabulary ({head.draft_vocab_size})")
+        self.total_tokens = int(tree.get("total_tokens") or DEFAULT_TOTAL_TOKENS[device_kind])
+        self.top_k = int(tree.get("top_k") or DEFAULT_TOP_K)
+        if self.policy.max_depth > 0:
+            if self.top_k > head.draft_vocab_size:
+                raise OptionError("draft top_k", self.top_k, f"must be <= the draft vocabulary ({head.draft_vocab_size})")
+            if self.total_tokens >= target.max_context:
+                raise OptionError("total_tokens", self.total_tokens,
+                                  f"must be below the model's context of {target.max_context} tokens")
         self.stop_ids = target.stop_token_ids()
         self.last_stats: GenerationStats | None = None
+        self.last_request: ResolvedRequest | None = None  # the options of the latest generation, defaults filled
 
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -75,9 +85,14 @@ class SpeculativeDecoder:
         """target: a zoo name, a local HF model directory or a Hub id. head: an EAGLE-format directory,
         "random" (a randomly initialised head, for tests and timing), or None for the head shipped with a
         zoo model. tree_and_policy_kwargs: top_k, total_tokens, max_depth, checks, threshold."""
+        drafts = policy.max_depth > 0 if isinstance(policy, DepthPolicy) else policy != "plain"
+        if not isinstance(policy, DepthPolicy):
+            validate.tree_options(policy, **tree_and_policy_kwargs)  # every model-free check before loading
+        validate.device(device)
+        parse_dtype(dtype)
         tgt = Target.from_pretrained(target, dtype=dtype, device=device)
         draft = None
-        if make_policy(policy).name != "plain":
+        if drafts:
             draft = load_head(head, str(target), tgt, seed=seed)
         return cls(tgt, draft, policy=policy, **tree_and_policy_kwargs)
 
@@ -92,69 +107,133 @@ class SpeculativeDecoder:
         return d
 
     def chat_ids(self, prompt: str | list[dict]) -> list[int]:
-        """Apply the tokenizer's chat template to a user message (or a list of messages)."""
+        """Apply the tokenizer's chat template to a user message, or to a list of {"role", "content"} messages
+        (system, user, assistant turns; the template adds the assistant's generation prompt)."""
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        if not isinstance(messages, (list, tuple)) or not messages:
+            raise OptionError("messages", messages, "must be a string or a non-empty list of {role, content} dicts")
+        for i, m in enumerate(messages):
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                raise OptionError("messages", m, f"item {i} must be a dict with string 'role' and 'content'")
+            validate.utf8_text("messages", m["content"])
         if not getattr(self.tokenizer, "chat_template", None):
             raise DyndepthError("this model's tokenizer has no chat template; pass a plain prompt instead")
-        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        try:
+            out = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+        except Exception as exc:  # noqa: BLE001 - the template rejects these messages (e.g. a role it lacks)
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise DyndepthError(f"the model's chat template rejects these messages: {reason}") from None
         if isinstance(out, dict) or hasattr(out, "input_ids"):
             out = out["input_ids"]
         return list(out)
 
     # -- generation ------------------------------------------------------------------------------------
-    def generate(self, input_ids, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | None = None) -> GenerationOutput:
+    # One decoder (more exactly: one Target, which owns the KV cache) runs one generation at a time. Starting a
+    # generation (generate, stream, stream_text) takes the target over; a stream that was open before is then
+    # invalidated, and its next ``next()`` raises DyndepthError instead of returning corrupted tokens.
+
+    def generate(self, input_ids, max_new_tokens: int = 256, temperature: float | None = None,
+                 top_p: float | None = None, top_k: int | None = None, seed: int | None = None, *,
+                 stop=None, stop_token_ids=(), min_new_tokens: int = 0, ignore_eos: bool = False) -> GenerationOutput:
+        """Decode to the end -> GenerationOutput (token_ids, stats, text). Options left None take the target's
+        generation_config.json values (greedy when it does not sample); see dyndepth.request."""
         stats = GenerationStats()
         tokens: list[int] = []
-        for chunk in self.stream(input_ids, max_new_tokens, temperature, top_p, top_k, seed, stats=stats):
-            tokens.extend(chunk)
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True) if self.tokenizer is not None else None
-        return GenerationOutput(tokens, stats, text)
+        texts: list[str] = []
+        request = GenerationRequest(max_new_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids,
+                                    min_new_tokens, ignore_eos)
+        for chunk in self._start(input_ids, request, stats, want_text=self.tokenizer is not None):
+            tokens.extend(chunk.token_ids)
+            texts.append(chunk.text or "")
+        return GenerationOutput(tokens, stats, "".join(texts) if self.tokenizer is not None else None)
 
-    def stream(self, input_ids, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-               top_k: int = 0, seed: int | None = None, stats: GenerationStats | None = None) -> Iterator[list[int]]:
-        """Yield the token ids committed at each step (the first chunk is the prefill's token)."""
-        params = SamplingParams(float(temperature), float(top_p), int(top_k))
+    def stream(self, input_ids, max_new_tokens: int = 256, temperature: float | None = None,
+               top_p: float | None = None, top_k: int | None = None, seed: int | None = None, *,
+               stop=None, stop_token_ids=(), min_new_tokens: int = 0, ignore_eos: bool = False,
+               stats: GenerationStats | None = None) -> Iterator[list[int]]:
+        """Yield the token ids committed at each step (the first chunk is the prefill's token). Every option is
+        checked here, before the first ``next()``."""
+        loop = self._start(input_ids, GenerationRequest(max_new_tokens, temperature, top_p, top_k, seed, stop,
+                                                        stop_token_ids, min_new_tokens, ignore_eos), stats, False)
+        return _token_ids_of(loop)
+
+    def stream_text(self, input_ids, max_new_tokens: int = 256, temperature: float | None = None,
+                    top_p: float | None = None, top_k: int | None = None, seed: int | None = None, *,
+                    stop=None, stop_token_ids=(), min_new_tokens: int = 0, ignore_eos: bool = False,
+                    stats: GenerationStats | None = None) -> Iterator[TextChunk]:
+        """Like ``stream``, but each step yields a TextChunk: its token ids and the text they add, detokenised
+        incrementally (multi-byte characters are never split; text that may begin a stop string is held back)."""
+        if self.tokenizer is None:
+            raise DyndepthError("stream_text needs a target with a tokenizer; use stream() for token ids")
+        return self._start(input_ids, GenerationRequest(max_new_tokens, temperature, top_p, top_k, seed, stop,
+                                                        stop_token_ids, min_new_tokens, ignore_eos), stats, True)
+
+    def _start(self, input_ids, request: GenerationRequest, stats, want_text: bool):
         ids = self._prepare_ids(input_ids)  # [L]
-        if max_new_tokens < 1:
-            raise DyndepthError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        req = request.resolved(getattr(self.target.model, "generation_config", None), self.vocab_size,
+                               self.stop_ids)
+        if req.request.stop and self.tokenizer is None:
+            raise DyndepthError("stop strings need a target with a tokenizer")
+        params = SamplingParams(req.temperature, req.top_p, req.top_k)
         n_tree = self.total_tokens if self.policy.max_depth > 0 else 1
         context = self.target.max_context
         if ids.numel() + n_tree > context:
             raise DyndepthError(f"prompt of {ids.numel()} tokens is too long: it plus a tree of {n_tree} tokens "
                                 f"must fit the model's context of {context} tokens")
         stats = stats if stats is not None else GenerationStats()
-        self.last_stats = stats
+        self.last_stats, self.last_request = stats, req
         generator = None
         if not params.greedy:
             generator = torch.Generator(device=self.target.device)
+            seed = req.request.seed
             generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
-        return self._loop(ids, max_new_tokens, params, generator, stats)
+        texts = TextStream(self.tokenizer, req.request.stop) if (want_text or req.request.stop) else None
+        owner = self.target.claim()  # from here on, any older stream of this target is invalid
+        return self._loop(ids, req, params, generator, stats, texts, owner)
 
-    def _loop(self, ids, max_new_tokens, params, generator, stats) -> Iterator[list[int]]:
+    def _loop(self, ids, req: ResolvedRequest, params, generator, stats, texts, owner) -> Iterator[TextChunk]:
         target, head, policy = self.target, self.head, self.policy
         device = target.device
+        max_new_tokens, min_new_tokens = req.request.max_new_tokens, req.request.min_new_tokens
+        stop_ids = req.stop_ids
+        suppress = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device) if min_new_tokens else None
         stats.prompt_tokens = ids.numel()
         start = _now(device)
         emitted = 0
 
-        def emit(tokens: list[int]) -> tuple[list[int], bool]:
+        def emit(tokens: list[int]) -> tuple[TextChunk, bool]:
+            """Append committed tokens until a stop condition; the chunk holds what was kept."""
             nonlocal emitted
-            out = []
+            out, done = [], False
             for tok in tokens:
                 out.append(tok)
                 emitted += 1
-                if tok in self.stop_ids:
-                    stats.stop_reason = "stop_token"
-                    return out, True
-                if emitted >= max_new_tokens:
-                    stats.stop_reason = "max_new_tokens"
-                    return out, True
-            return out, False
+                if tok in stop_ids:
+                    stats.stop_reason, done = "stop_token", True
+                elif texts is not None and texts.push(tok):
+                    stats.stop_reason, done = "stop_string", True
+                elif emitted >= max_new_tokens:
+                    stats.stop_reason, done = "max_new_tokens", True
+                if done:
+                    break
+            return TextChunk(out, texts.take(final=done) if texts is not None else None), done
+
+        def processed(logits_at, depth_of):
+            """Target logits as generate's logits processors see them: stop ids at -inf before min_new_tokens."""
+            if suppress is None or emitted >= min_new_tokens:
+                return logits_at
+            return lambda i: (logits_at(i).index_fill(-1, suppress, float("-inf"))
+                              if emitted + depth_of[i] < min_new_tokens else logits_at(i))
+
+        def check_owner():
+            if target.owner is not owner:
+                raise DyndepthError("this stream was invalidated: a newer generation started on the same "
+                                    "decoder (one decoder runs one generation at a time)")
 
         try:
+            check_owner()
             logits, feats = target.prefill(ids)  # [V], [L, H]
-            root = pick_token(logits, params, generator)
+            root = pick_token(processed(lambda _: logits, [0])(0), params, generator)
             pair_tokens = torch.cat([ids[1:], torch.tensor([root], device=device)])  # [L]
             pair_feats = feats  # [L, H]
             draft_cache = DraftKV()
@@ -164,9 +243,13 @@ class SpeculativeDecoder:
             yield chunk
             n_tree = self.total_tokens if policy.max_depth > 0 else 1
             while not done:
+                check_owner()
                 L = target.length
                 if L + n_tree > target.max_context:
                     stats.stop_reason = "context"
+                    tail = texts.take(final=True) if texts is not None else ""
+                    if tail:
+                        yield TextChunk([], tail)
                     break
                 t0 = _now(device)
                 if policy.max_depth > 0:
@@ -179,7 +262,8 @@ class SpeculativeDecoder:
                 tree_tokens = torch.tensor(tree.tokens, device=device)  # [N]
                 feats = target.forward(tree_tokens, tree.position_ids(L, device)[0],
                                        tree.visibility(L, device))  # [N, H]
-                path, bonus = verify(tree, NodeLogits(feats, target.logits), params, generator)
+                logits_at = processed(NodeLogits(feats, target.logits), tree.depths)
+                path, bonus = verify(tree, logits_at, params, generator)
                 path_t = torch.tensor(path, device=device)  # [a + 1] tree indices, root first
                 target.commit_path(path_t)
                 t2 = _now(device)
@@ -188,25 +272,62 @@ class SpeculativeDecoder:
                 pair_feats = feats[path_t]  # [a + 1, H]
                 root = bonus
                 chunk, done = emit(new)
-                step = StepStats(committed=len(chunk), accepted=len(path) - 1, depth=depth, tree_size=len(tree),
-                                 draft_time_s=t1 - t0, verify_time_s=t2 - t1)
+                step = StepStats(committed=len(chunk.token_ids), accepted=len(path) - 1, depth=depth,
+                                 tree_size=len(tree), draft_time_s=t1 - t0, verify_time_s=t2 - t1)
                 stats.step_stats.append(step)
                 stats.new_tokens = emitted
                 policy.observe(step)
                 yield chunk
         finally:
             stats.total_time_s = _now(device) - start
+            target.release(owner)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.target.lm_head.weight.shape[0])
 
     def _prepare_ids(self, input_ids) -> torch.Tensor:
-        if isinstance(input_ids, str):
+        """One prompt of token ids -> [L] long tensor on the target's device. Refuses strings, floats, bools,
+        out-of-range ids and batches of several prompts (batch > 1 is not supported yet)."""
+        if isinstance(input_ids, (str, bytes)):
             raise DyndepthError("input_ids must be token ids; use dec.tokenizer(...) or dec.chat_ids(...) first")
-        ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(-1)
+        if isinstance(input_ids, torch.Tensor):
+            if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.is_complex():
+                raise OptionError("input_ids", f"a {input_ids.dtype} tensor", "must hold integer token ids")
+            ids = input_ids.detach()
+        else:
+            if hasattr(input_ids, "tolist"):  # numpy arrays and the like
+                input_ids = input_ids.tolist() if getattr(input_ids, "ndim", 1) else [input_ids.tolist()]
+            try:
+                rows = list(input_ids)
+            except TypeError:
+                raise OptionError("input_ids", input_ids, "must be a sequence of token ids") from None
+            if rows and all(isinstance(r, (list, tuple)) for r in rows):
+                if len(rows) > 1:
+                    raise DyndepthError(f"batch input ({len(rows)} prompts) is not supported yet: dyndepth "
+                                        f"decodes one prompt at a time (batch > 1 is planned); pass one prompt")
+                rows = list(rows[0])
+            ids = torch.tensor(validate.token_ids("input_ids", rows, self.vocab_size), dtype=torch.long)
+        if ids.dim() == 2 and ids.shape[0] > 1:
+            raise DyndepthError(f"batch input ({ids.shape[0]} prompts) is not supported yet: dyndepth decodes "
+                                f"one prompt at a time (batch > 1 is planned); pass one prompt")
+        if ids.dim() > 2 or (ids.dim() == 2 and ids.shape[0] != 1):
+            raise OptionError("input_ids", f"a tensor of shape {tuple(ids.shape)}", "must be [L] or [1, L]")
+        ids = ids.reshape(-1).long()
         if ids.numel() == 0:
             raise DyndepthError("the prompt is empty")
-        vocab = self.target.lm_head.weight.shape[0]
-        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-            raise DyndepthError(f"prompt token ids must lie in 0..{vocab - 1}")
+        if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
+            raise OptionError("input_ids", int(ids.max() if int(ids.max()) >= self.vocab_size else ids.min()),
+                              f"must hold token ids in 0..{self.vocab_size - 1}")
         return ids.to(self.target.device)
+
+
+def _token_ids_of(loop) -> Iterator[list[int]]:
+    try:
+        for chunk in loop:
+            yield chunk.token_ids
+    finally:
+        loop.close()
 
 
 def load_head(head, target_name: str, target: Target, seed: int = 0) -> DraftHead:

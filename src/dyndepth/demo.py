@@ -29,14 +29,17 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from dyndepth import validate
     from dyndepth.decoder import SpeculativeDecoder, load_head
     from dyndepth.errors import DyndepthError
     from dyndepth.heads import shipped_head
-    from dyndepth.options import decoder_kwargs
+    from dyndepth.options import apply_threads, decoder_kwargs
     from dyndepth.target import Target
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    policy = args.policy if args.policy != "plain" else "ddd"
+    validate.tree_options(policy, **decoder_kwargs(args))
+    validate.device(args.device)
+    apply_threads(args)
     target = Target.from_pretrained(args.model, dtype=args.dtype, device=args.device)
     head_arg = args.head
     if head_arg is None and shipped_head(args.model) is None:
@@ -44,18 +47,17 @@ def run(args) -> int:
         head_arg = "random"
     head = load_head(head_arg, args.model, target)
     plain = SpeculativeDecoder(target, None, policy="plain")
-    ddd = SpeculativeDecoder(target, head, policy=args.policy if args.policy != "plain" else "ddd",
-                             **decoder_kwargs(args))
+    ddd = SpeculativeDecoder(target, head, policy=policy, **decoder_kwargs(args))
     ids = ddd.chat_ids(args.prompt)
     for dec in (plain, ddd):  # warm-up: first calls pay one-off allocation costs
-        dec.generate(ids, max_new_tokens=8)
+        dec.generate(ids, max_new_tokens=8, temperature=0.0)
 
     print(f"model {args.model} | {args.dtype} | {args.device} | {torch.get_num_threads()} threads | "
           f"{platform.processor() or platform.machine()}")
     print(f"head {head_arg or 'shipped'} | {ddd.describe()}")
     print(f"prompt: {args.prompt}\n")
-    a = plain.generate(ids, max_new_tokens=args.max_new_tokens)
-    b = ddd.generate(ids, max_new_tokens=args.max_new_tokens)
+    a = plain.generate(ids, max_new_tokens=args.max_new_tokens, temperature=0.0)
+    b = ddd.generate(ids, max_new_tokens=args.max_new_tokens, temperature=0.0)
     print("--- plain decoding " + "-" * 50)
     print(a.text)
     print(f"--- {ddd.policy.name} " + "-" * 60)

@@ -1,45 +1,124 @@
-"""``dyndepth generate``: decode one prompt and print the text and the statistics."""
+"""``dyndepth generate``: decode one prompt (or a conversation) and print the text and the statistics.
+
+The prompt comes from ``--prompt TEXT`` (``--prompt -`` reads standard input), ``--prompt-file FILE``, or
+``--messages FILE`` (a JSON list of ``{"role", "content"}`` turns, implying ``--chat``). ``--chat`` applies the
+model's chat template; ``--system`` adds a system message. Text streams to stdout as it is committed; the
+statistics go to stderr. ``--json`` prints one JSON object instead (strict JSON: no NaN).
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
-from dyndepth.options import add_decoder_options, add_sampling_options, build_decoder
+from dyndepth import validate
+from dyndepth.errors import DyndepthError
+from dyndepth.options import add_decoder_options, add_sampling_options, build_decoder, check_sampling, sampling_kwargs
 
 
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate text for one prompt with speculative decoding")
     add_decoder_options(p)
     add_sampling_options(p)
-    p.add_argument("--prompt", required=True, help="the prompt text")
+    src = p.add_argument_group("prompt (exactly one of --prompt, --prompt-file, --messages)")
+    src.add_argument("--prompt", default=None, help="the prompt text; '-' reads it from standard input")
+    src.add_argument("--prompt-file", type=Path, default=None, help="read the prompt from a UTF-8 text file")
+    src.add_argument("--messages", type=Path, default=None,
+                     help='a JSON file with a list of {"role": ..., "content": ...} turns (implies --chat)')
+    src.add_argument("--system", default=None, help="a system message (with --chat or --messages)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    p.add_argument("--json", action="store_true", help="print token ids and statistics as JSON")
+    p.add_argument("--json", action="store_true", help="print token ids, text and statistics as one JSON object")
     p.set_defaults(func=run)
 
 
+def read_prompt(args) -> str | list[dict]:
+    """The user's prompt text, or the list of chat messages; every problem is one line."""
+    given = [name for name in ("prompt", "prompt_file", "messages") if getattr(args, name) is not None]
+    if len(given) != 1:
+        raise DyndepthError("give exactly one of --prompt, --prompt-file or --messages"
+                            + (f" (got {', '.join('--' + g.replace('_', '-') for g in given)})" if given else ""))
+    if args.messages is not None:
+        return _read_messages(args.messages, args.system)
+    if args.prompt_file is not None:
+        text = _read_text(args.prompt_file, "--prompt-file")
+    elif args.prompt == "-":
+        text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+        validate.utf8_text("prompt", text)
+    else:
+        text = validate.utf8_text("prompt", args.prompt)
+    if not text:
+        raise DyndepthError("the prompt is empty")
+    if args.system is not None and not args.chat:
+        raise DyndepthError("--system needs --chat (a system message belongs to the chat template)")
+    if args.chat:
+        msgs = [{"role": "system", "content": validate.utf8_text("--system", args.system)}] if args.system else []
+        return msgs + [{"role": "user", "content": text}]
+    return text
+
+
+def _read_text(path: Path, option: str) -> str:
+    if not path.is_file():
+        raise DyndepthError(f"{option} {path}: no such file")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DyndepthError(f"{option} {path} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise DyndepthError(f"{option} {path} cannot be read: {exc.strerror}") from None
+
+
+def _read_messages(path: Path, system: str | None) -> list[dict]:
+    try:
+        msgs = json.loads(_read_text(path, "--messages"))
+    except ValueError as exc:
+        raise DyndepthError(f"--messages {path} is not valid JSON ({exc})") from None
+    if not isinstance(msgs, list) or not msgs:
+        raise DyndepthError(f"--messages {path} must hold a non-empty JSON list of {{role, content}} objects")
+    for i, m in enumerate(msgs):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise DyndepthError(f"--messages {path}: item {i} must be an object with string 'role' and 'content'")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise DyndepthError(f"--messages {path}: item {i} has role {m['role']!r}; use system, user or assistant")
+    if msgs[-1]["role"] != "user":
+        raise DyndepthError(f"--messages {path}: the last turn must be the user's (the model answers it)")
+    if system is not None:
+        if msgs[0]["role"] == "system":
+            raise DyndepthError(f"--system given, but --messages {path} already starts with a system message")
+        msgs = [{"role": "system", "content": system}] + msgs
+    return msgs
+
+
 def run(args) -> int:
+    prompt = read_prompt(args)
+    check_sampling(args)  # before the model loads
     dec = build_decoder(args)
-    ids = dec.chat_ids(args.prompt) if args.chat else dec.tokenizer(args.prompt)["input_ids"]
-    sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                    top_k=args.top_k, seed=args.seed)
+    ids = dec.chat_ids(prompt) if isinstance(prompt, list) else dec.tokenizer(prompt)["input_ids"]
+    sampling = sampling_kwargs(args)
     if args.json:
         out = dec.generate(ids, **sampling)
-        print(json.dumps({"token_ids": out.token_ids, "text": out.text, "settings": dec.describe(),
-                          "stats": out.stats.to_dict()}))
+        doc = {"token_ids": out.token_ids, "text": out.text, "settings": dec.describe(),
+               "sampling": dec.last_request.describe(), "stats": out.stats.to_dict()}
+        print(json.dumps(validate.finite_json(doc), allow_nan=False))
         return 0
-    tokens: list[int] = []
-    printed = ""
-    for chunk in dec.stream(ids, **sampling):  # print as it is committed
-        tokens.extend(chunk)
-        text = dec.tokenizer.decode(tokens, skip_special_tokens=True)
-        sys.stdout.write(text[len(printed):])
-        sys.stdout.flush()
-        printed = text
+    out_stream = _utf8_stdout()
+    for chunk in dec.stream_text(ids, **sampling):  # print as it is committed, whole characters only
+        out_stream.write(chunk.text)
+        out_stream.flush()
     s = dec.last_stats
-    print()
+    out_stream.write("\n")
+    out_stream.flush()
     print(f"\n[{dec.policy.name}] {s.new_tokens} tokens in {s.total_time_s:.2f}s = {s.tokens_per_s:.1f} tok/s | "
           f"steps {s.steps} | tau {s.mean_accepted_tokens:.2f} | mean depth {s.mean_depth:.1f} | "
-          f"draft {s.draft_time_s:.2f}s verify {s.verify_time_s:.2f}s prefill {s.prefill_time_s:.2f}s",
-          file=sys.stderr)
+          f"draft {s.draft_time_s:.2f}s verify {s.verify_time_s:.2f}s prefill {s.prefill_time_s:.2f}s | "
+          f"stop: {s.stop_reason}", file=sys.stderr)
     return 0
+
+
+def _utf8_stdout():
+    """stdout that writes UTF-8 whatever the locale says (a C locale would turn emoji into errors)."""
+    enc = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+    if enc == "utf8" or not hasattr(sys.stdout, "reconfigure"):
+        return sys.stdout
+    sys.stdout.reconfigure(encoding="utf-8", errors="replace")
+    return sys.stdout

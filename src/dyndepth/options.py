@@ -1,4 +1,7 @@
-"""Command-line options shared by every command that builds a SpeculativeDecoder (generate, demo, bench)."""
+"""Command-line options shared by every command that builds a SpeculativeDecoder (generate, demo, bench).
+
+Values are checked by ``dyndepth.validate`` (the same checks as the Python API), before any model loads.
+"""
 
 from __future__ import annotations
 
@@ -13,31 +16,49 @@ def add_decoder_options(p: argparse.ArgumentParser, default_policy: str = "ddd")
                    help="draft head directory (EAGLE format), 'random', or omit for the head shipped with a zoo model")
     g.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
                    help="float32 is the exactness mode, bfloat16 the speed mode on CPU (default: %(default)s)")
-    g.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: %(default)s)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads, >= 1 (default: torch's choice)")
     g.add_argument("--policy", default=default_policy, choices=["ddd", "fixed", "plain"],
                    help="depth policy: ddd (dynamic depth), fixed (EAGLE-2), plain (no draft) (default: %(default)s)")
     g.add_argument("--draft-top-k", type=int, default=None, dest="tree_top_k",
-                   help="beam width: children kept per node and nodes kept per depth (default: 10)")
+                   help="beam width: children kept per node and nodes kept per depth, 1..64 (default: 10)")
     g.add_argument("--total-tokens", type=int, default=None,
-                   help="tokens verified per step, root included (default: 24 on CPU, 60 on CUDA)")
+                   help="tokens verified per step, root included, 2..1024 (default: 24 on CPU, 60 on CUDA)")
     g.add_argument("--max-depth", type=int, default=None, help="most draft levels per step (ddd: 11, fixed: 6)")
     g.add_argument("--checks", default=None, help="ddd check depths, comma separated (default: 5,7,9)")
     g.add_argument("--threshold", type=float, default=None, help="ddd stop threshold on log beam mass (default: -0.3)")
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sampling")
+    g = p.add_argument_group("sampling (unset options take the model's generation_config.json; greedy if it has none)")
     g.add_argument("--max-new-tokens", type=int, default=256)
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=0, help="sampling top-k (0 = off)")
+    g.add_argument("--min-new-tokens", type=int, default=0, help="stop tokens are suppressed until this many (default 0)")
+    g.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None, help="sampling top-k (0 = off)")
     g.add_argument("--seed", type=int, default=None, help="makes a sampled generation reproducible")
+    g.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop when the text contains TEXT (not included in the output; repeatable)")
+    g.add_argument("--stop-token-id", dest="stop_token_ids", type=int, action="append", default=[], metavar="ID",
+                   help="an extra token id that ends the generation (kept in the output; repeatable)")
+    g.add_argument("--ignore-eos", action="store_true", help="do not stop at the model's end-of-sequence tokens")
+
+
+def sampling_kwargs(args) -> dict:
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                top_k=args.top_k, seed=args.seed, stop=args.stop, stop_token_ids=tuple(args.stop_token_ids),
+                min_new_tokens=args.min_new_tokens, ignore_eos=args.ignore_eos)
+
+
+def check_sampling(args) -> None:
+    """The model-free sampling checks, before the model loads."""
+    from dyndepth.request import GenerationRequest
+
+    GenerationRequest(**sampling_kwargs(args)).check()
 
 
 def decoder_kwargs(args) -> dict:
-    from dyndepth.errors import DyndepthError
-
+    """The tree and policy keywords the user set (checked by SpeculativeDecoder, which names the flag)."""
     kw = {}
     if args.tree_top_k is not None:
         kw["top_k"] = args.tree_top_k
@@ -46,21 +67,29 @@ def decoder_kwargs(args) -> dict:
     if args.max_depth is not None:
         kw["max_depth"] = args.max_depth
     if args.checks is not None:
-        try:
-            kw["checks"] = tuple(int(c) for c in args.checks.split(",") if c.strip())
-        except ValueError:
-            raise DyndepthError(f"--checks must be comma-separated integers, got {args.checks!r}") from None
+        kw["checks"] = args.checks  # a comma-separated string; validate.checks_list parses it
     if args.threshold is not None:
         kw["threshold"] = args.threshold
     return kw
 
 
-def build_decoder(args, policy: str | None = None):
+def apply_threads(args) -> None:
     import torch
 
+    from dyndepth import validate
+
+    n = validate.threads(args.threads)
+    if n is not None:
+        torch.set_num_threads(n)
+
+
+def build_decoder(args, policy: str | None = None):
+    from dyndepth import validate
     from dyndepth.decoder import SpeculativeDecoder
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    policy = policy or args.policy
+    validate.tree_options(policy, **decoder_kwargs(args))
+    validate.device(args.device)
+    apply_threads(args)
     return SpeculativeDecoder.from_pretrained(args.model, head=args.head, dtype=args.dtype, device=args.device,
-                                              policy=policy or args.policy, **decoder_kwargs(args))
+                                              policy=policy, **decoder_kwargs(args))

@@ -12,7 +12,10 @@ drops the rest, for every layer.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import sys
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
@@ -30,6 +33,45 @@ def parse_dtype(dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def check_model_dir(path: Path) -> None:
+    """One line for a model directory that cannot load: config.json broken or without model_type, no weights."""
+    from dyndepth.validate import json_object_file
+
+    if not path.is_dir():
+        return  # a Hub cache path or similar: transformers reports it
+    config = json_object_file(path / "config.json", "model config")
+    if "model_type" not in config:
+        raise DyndepthError(f"model config {path / 'config.json'} has no 'model_type' field")
+    if not any((path / name).is_file() for name in WEIGHT_FILES) and not any(path.glob("*.safetensors")):
+        raise DyndepthError(f"model directory {path} has no weights (none of: {', '.join(WEIGHT_FILES)})")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """transformers' loading bars and notices go to stderr only, and only on a terminal: never into stdout
+    (``dyndepth generate --json`` prints one JSON document there)."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    if not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 class Target:
     def __init__(self, model, tokenizer=None):
         self.model = model.eval()
@@ -43,6 +85,7 @@ class Target:
         self.device = next(model.parameters()).device
         self.cache: DynamicCache | None = None
         self.length = 0  # committed entries in the KV cache (L)
+        self.owner: object | None = None  # the generation that owns the KV cache now (see claim)
         # transformers >= 5.24 takes the cache as `cache=`; earlier releases as `past_key_values=`
         params = inspect.signature(self.base.forward).parameters
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
@@ -62,8 +105,16 @@ class Target:
 
         path = locate_model(model)
         torch_dtype = parse_dtype(dtype)
-        tok = AutoTokenizer.from_pretrained(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
+        check_model_dir(Path(path))
+        with quiet_loading():
+            try:
+                tok = AutoTokenizer.from_pretrained(path)
+            except Exception as exc:  # noqa: BLE001 - a broken tokenizer in the user's directory
+                raise DyndepthError(f"cannot load the tokenizer of {path}: {_first_line(exc)}") from None
+            try:
+                lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
+            except Exception as exc:  # noqa: BLE001 - truncated weights, unknown architecture, ...
+                raise DyndepthError(f"cannot load the model in {path}: {_first_line(exc)}") from None
         return cls(lm, tok)
 
     @property
@@ -85,6 +136,17 @@ class Target:
                 if t in vocab and t in getattr(self.tokenizer, "all_special_tokens", []):
                     ids.add(vocab[t])
         return ids
+
+    # -- ownership: one generation at a time -----------------------------------------------------------
+    def claim(self) -> object:
+        """Start a generation: returns its token. An older generation's token is no longer ``owner``, so its
+        stream fails its next step instead of decoding from a KV cache another generation rewrote."""
+        self.owner = object()
+        return self.owner
+
+    def release(self, token: object) -> None:
+        if self.owner is token:
+            self.owner = None
 
     # -- forward ---------------------------------------------------------------------------------------
     def reset(self) -> None:

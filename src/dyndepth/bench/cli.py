@@ -9,10 +9,10 @@ Every argument is checked before any model is loaded, so a typo costs no time.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
+from dyndepth import validate
 from dyndepth.errors import DyndepthError
 
 DEFAULT_METHODS = "vanilla,plain,eagle2-cpu,ddd"
@@ -64,28 +64,24 @@ def register(subparsers) -> None:
 def _check_args(args) -> None:
     if args.max_new_tokens < 1:
         raise DyndepthError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
-        raise DyndepthError(f"--temperature must be >= 0, got {args.temperature}")
-    if not 0 < args.top_p <= 1:
-        raise DyndepthError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.top_k < 0:
-        raise DyndepthError(f"--top-k must be >= 0, got {args.top_k}")
-    if args.threads is not None and args.threads < 1:
-        raise DyndepthError(f"--threads must be >= 1, got {args.threads}")
+    validate.temperature(args.temperature)
+    validate.top_p(args.top_p)
+    validate.integer("top_k", args.top_k, lo=0)
+    validate.threads(args.threads)
+    validate.device(args.device)
     if args.warmup < 0 or args.warmup_tokens < 1:
         raise DyndepthError("--warmup must be >= 0 and --warmup-tokens >= 1")
     if args.questions is not None and args.questions < 1:
         raise DyndepthError(f"--questions must be >= 1, got {args.questions}")
     if args.turns is not None and args.turns < 1:
         raise DyndepthError(f"--turns must be >= 1, got {args.turns}")
-    if args.out.exists() and not args.out.is_dir():
-        raise DyndepthError(f"--out {args.out} exists and is not a folder")
+    validate.output_dir("--out", args.out)
 
 
 def plan(args):
     """Method plans (with sweep points) and the swept keys; raises DyndepthError on any bad argument."""
     from dyndepth.bench.methods import parse_methods, parse_overrides, plan_methods
-    from dyndepth.bench.questions import resolve_bench
+    from dyndepth.bench.questions import read_questions, resolve_bench
 
     _check_args(args)
     names = parse_methods(args.methods)
@@ -103,7 +99,12 @@ def plan(args):
         plans = plan_methods(names, overrides) + expand(args.sweep_method, grid, sweep_fixed)
     else:
         plans = plan_methods(names, overrides)
-    resolve_bench(args.bench)
+    from dyndepth.bench.tree_methods import check_settings, tree_factory
+
+    for p in plans:
+        if p.spec.factory is tree_factory:
+            check_settings(p.name, p.settings)
+    read_questions(resolve_bench(args.bench))  # a broken question file fails before the model loads
     return plans, keys
 
 

@@ -54,25 +54,32 @@ def resolve_bench(spec: str) -> Path:
 def read_questions(path: Path) -> list[Question]:
     questions: list[Question] = []
     seen: set = set()
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise DyndepthError(f"{where}: not valid JSON ({exc.msg})") from None
-            turns = row.get("turns") if isinstance(row, dict) else None
-            if "question_id" not in (row if isinstance(row, dict) else {}):
-                raise DyndepthError(f"{where}: a FastChat question needs a 'question_id'")
-            if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t for t in turns):
-                raise DyndepthError(f"{where}: 'turns' must be a non-empty list of non-empty strings")
-            qid = row["question_id"]
-            if qid in seen:
-                raise DyndepthError(f"{where}: question_id {qid!r} appears twice")
-            seen.add(qid)
-            questions.append(Question(qid, str(row.get("category") or ""), tuple(turns)))
+    try:
+        lines = path.read_bytes().decode("utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise DyndepthError(f"{path}: not UTF-8 text (byte {exc.start}); a question file is JSON lines") from None
+    except OSError as exc:
+        raise DyndepthError(f"{path}: cannot be read ({exc.strerror})") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise DyndepthError(f"{where}: not valid JSON ({exc.msg})") from None
+        turns = row.get("turns") if isinstance(row, dict) else None
+        if "question_id" not in (row if isinstance(row, dict) else {}):
+            raise DyndepthError(f"{where}: a FastChat question needs a 'question_id'")
+        if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t for t in turns):
+            raise DyndepthError(f"{where}: 'turns' must be a non-empty list of non-empty strings")
+        qid = row["question_id"]
+        if isinstance(qid, bool) or not isinstance(qid, (int, str)):
+            raise DyndepthError(f"{where}: 'question_id' must be an integer or a string, got {qid!r}")
+        if qid in seen:
+            raise DyndepthError(f"{where}: question_id {qid!r} appears twice")
+        seen.add(qid)
+        questions.append(Question(qid, str(row.get("category") or ""), tuple(turns)))
     if not questions:
         raise DyndepthError(f"{path}: no questions")
     return questions

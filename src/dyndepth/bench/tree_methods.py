@@ -8,8 +8,30 @@ from __future__ import annotations
 
 from dyndepth.bench.base import BenchMethod, GenParams, now
 from dyndepth.bench.records import TurnResult
+from dyndepth.errors import DyndepthError
 
 TREE_KEYS = ("policy", "top_k", "total_tokens", "max_depth", "checks", "threshold")
+
+
+def tree_kwargs(settings: dict) -> dict:
+    """The SpeculativeDecoder keywords of a tree method's settings (knobs the policy does not use dropped)."""
+    policy = settings["policy"]
+    kwargs = {k: settings.get(k) for k in TREE_KEYS if k != "policy"}
+    if policy != "ddd":  # checks/threshold only mean something to DDD
+        kwargs.pop("checks"), kwargs.pop("threshold")
+    if policy == "plain":
+        kwargs = {}
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def check_settings(name: str, settings: dict) -> None:
+    """Every check SpeculativeDecoder makes without a model, run at planning time (before any model loads)."""
+    from dyndepth.validate import OptionError, tree_options
+
+    try:
+        tree_options(settings["policy"], **tree_kwargs(settings))
+    except OptionError as exc:
+        raise DyndepthError(f"method {name!r}: setting {exc.render(exc.option)}") from None
 
 
 class TreeMethod(BenchMethod):
@@ -22,12 +44,7 @@ class TreeMethod(BenchMethod):
         target = ctx.target()
         policy = settings["policy"]
         head = ctx.draft_head() if policy != "plain" else None
-        kwargs = {k: settings.get(k) for k in TREE_KEYS if k != "policy"}
-        if policy != "ddd":  # checks/threshold only mean something to DDD
-            kwargs.pop("checks"), kwargs.pop("threshold")
-        if policy == "plain":
-            kwargs = {}
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        kwargs = tree_kwargs(settings)
         self.decoder = SpeculativeDecoder(target, head, policy=policy, **kwargs)
         self.device = target.device
 

@@ -1,0 +1,221 @@
+"""The command line's contract: every user mistake is one line on stderr with exit code 2 (never a traceback),
+checked before any model loads where it can be; streamed text is whole characters; --json is strict JSON."""
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dyndepth.cli import main
+
+GEN = ["generate", "--dtype", "float32", "--threads", "1", "--max-new-tokens", "6"]
+
+
+def run_cli(capsys, argv):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+# Each of these must fail before the model loads: the model argument names a directory that does not exist, so
+# an error that mentions the model would mean the option was checked too late.
+@pytest.mark.parametrize("args,needles", [
+    (["--total-tokens", "0"], ["--total-tokens", "got 0"]),
+    (["--total-tokens", "1"], ["--total-tokens", "plain"]),
+    (["--total-tokens", "100000"], ["--total-tokens", "100000"]),
+    (["--draft-top-k", "1024"], ["--draft-top-k", "1024"]),
+    (["--threshold", "nan"], ["--threshold", "finite", "nan"]),
+    (["--temperature", "inf"], ["--temperature", "inf"]),
+    (["--top-p", "1.5"], ["--top-p"]),
+    (["--checks", ""], ["--checks", "at least one"]),
+    (["--checks", "5,x"], ["--checks", "comma-separated"]),
+    (["--max-depth", "4"], ["--max-depth", "default check depths"]),
+    (["--policy", "fixed", "--threshold", "-1"], ["--threshold", "'ddd' policy only"]),
+    (["--policy", "plain", "--total-tokens", "12"], ["--total-tokens", "plain"]),
+    (["--threads", "-1"], ["--threads", "-1"]),
+    (["--threads", "0"], ["--threads", "got 0"]),
+    (["--device", "tpu"], ["--device", "tpu"]),
+    (["--device", "cuda:0"], ["--device"]),
+    (["--device", "mps"], ["--device", "mps"]),
+    (["--min-new-tokens", "9"], ["--min-new-tokens", "max_new_tokens"]),
+    (["--stop", ""], ["--stop", "empty"]),
+    (["--seed", "-3"], ["--seed"]),
+])
+def test_bad_options_fail_before_the_model_loads(capsys, tmp_path, args, needles):
+    import torch
+
+    if args[:2] == ["--device", "cuda:0"] and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU, so --device cuda:0 is valid here")
+    code, _, err = run_cli(capsys, GEN + ["--model", str(tmp_path / "no-such-model"), "--prompt", "hi"] + args)
+    assert_one_line_error(code, err, *needles)
+    assert "no-such-model" not in err
+
+
+def test_non_utf8_prompt_is_one_line(capsys, tmp_path):
+    code, _, err = run_cli(capsys, GEN + ["--model", str(tmp_path), "--prompt", "caf\udce9"])
+    assert_one_line_error(code, err, "--prompt", "UTF-8")
+    bad = tmp_path / "prompt.txt"
+    bad.write_bytes(b"caf\xe9 latin-1")
+    code, _, err = run_cli(capsys, GEN + ["--model", str(tmp_path), "--prompt-file", str(bad)])
+    assert_one_line_error(code, err, "--prompt-file", "UTF-8")
+
+
+@pytest.mark.parametrize("argv_tail,needles", [
+    ([], ["exactly one of --prompt"]),
+    (["--prompt", "a", "--prompt-file", "x.txt"], ["exactly one", "--prompt-file"]),
+    (["--prompt", "a", "--system", "be brief"], ["--system needs --chat"]),
+    (["--prompt-file", "/no/such/file.txt"], ["--prompt-file", "no such file"]),
+])
+def test_prompt_sources_are_checked(capsys, tmp_path, argv_tail, needles):
+    code, _, err = run_cli(capsys, GEN + ["--model", str(tmp_path)] + argv_tail)
+    assert_one_line_error(code, err, *needles)
+
+
+@pytest.mark.parametrize("content,needles", [
+    ("[", ["not valid JSON"]),
+    ('{"role": "user"}', ["non-empty JSON list"]),
+    ('[{"role": "user", "content": 3}]', ["item 0"]),
+    ('[{"role": "robot", "content": "x"}]', ["role 'robot'"]),
+    ('[{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]', ["last turn"]),
+])
+def test_messages_files_are_checked(capsys, tmp_path, content, needles):
+    f = tmp_path / "m.json"
+    f.write_text(content)
+    code, _, err = run_cli(capsys, GEN + ["--model", str(tmp_path), "--messages", str(f)])
+    assert_one_line_error(code, err, "--messages", *needles)
+
+
+def test_broken_model_directories_are_one_line(capsys, tmp_path, tiny_chat_model):
+    import shutil
+
+    cases = {}
+    d = tmp_path / "truncated-config"
+    shutil.copytree(tiny_chat_model, d)
+    (d / "config.json").write_text((d / "config.json").read_text()[:40])
+    cases[d] = "not valid JSON"
+    d = tmp_path / "list-config"
+    shutil.copytree(tiny_chat_model, d)
+    (d / "config.json").write_text("[1, 2]")
+    cases[d] = "JSON object"
+    d = tmp_path / "no-weights"
+    shutil.copytree(tiny_chat_model, d)
+    (d / "model.safetensors").unlink()
+    cases[d] = "no weights"
+    d = tmp_path / "truncated-weights"
+    shutil.copytree(tiny_chat_model, d)
+    w = d / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    cases[d] = "cannot load the model"
+    d = tmp_path / "not-a-model"
+    d.mkdir()
+    cases[d] = "no config.json"
+    for folder, needle in cases.items():
+        code, _, err = run_cli(capsys, GEN + ["--model", str(folder), "--policy", "plain", "--prompt", "hi"])
+        assert_one_line_error(code, err, needle)
+
+
+def test_bench_out_under_a_file_and_bad_method_settings(capsys, tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    base = ["bench", "--model", str(tmp_path / "no-such-model"), "--head", "random", "--questions", "1"]
+    code, _, err = run_cli(capsys, base + ["--out", str(f / "sub")])
+    assert_one_line_error(code, err, "--out", "is a file")
+    for setting, needle in (("ddd.threshold=nan", "threshold"), ("ddd.checks=", "checks"),
+                            ("eagle2-cpu.total_tokens=1", "total_tokens"), ("eagle2-cpu.top_k=500", "top_k")):
+        code, _, err = run_cli(capsys, base + ["--methods", "ddd,eagle2-cpu", "--set", setting,
+                                               "--out", str(tmp_path / "o")])
+        assert_one_line_error(code, err, needle)
+        assert "no-such-model" not in err  # refused at planning time, before the model would load
+    for content, needle in ((b"\xff\xfe", "not UTF-8"), (b'{"question_id": [1], "turns": ["a"]}', "question_id"),
+                            (b"[", "not valid JSON")):
+        qf = tmp_path / "q.jsonl"
+        qf.write_bytes(content)
+        code, _, err = run_cli(capsys, base + ["--bench", str(qf), "--out", str(tmp_path / "o")])
+        assert_one_line_error(code, err, needle)
+    code, _, err = run_cli(capsys, base + ["--threads", "0", "--out", str(tmp_path / "o")])
+    assert_one_line_error(code, err, "--threads")
+    code, _, err = run_cli(capsys, base + ["--device", "tpu", "--out", str(tmp_path / "o")])
+    assert_one_line_error(code, err, "--device")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    from dyndepth import __version__
+
+    assert capsys.readouterr().out.strip() == f"dyndepth {__version__}"
+
+
+# -- runs on a real (tiny) model ---------------------------------------------------------------------------------
+def test_stdin_prompt_file_and_messages_give_the_same_answer(capsys, monkeypatch, tmp_path, tiny_chat_model):
+    common = GEN + ["--model", str(tiny_chat_model), "--head", "random", "--json", "--temperature", "0"]
+    (tmp_path / "p.txt").write_text("Tell me a story.", encoding="utf-8")
+    msgs = tmp_path / "m.json"
+    msgs.write_text(json.dumps([{"role": "system", "content": "Be brief."},
+                                {"role": "user", "content": "Tell me a story."}]))
+    answers = {}
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("Tell me a story.".encode())))
+    for name, src in {"stdin": ["--prompt", "-", "--chat", "--system", "Be brief."],
+                      "file": ["--prompt-file", str(tmp_path / "p.txt"), "--chat", "--system", "Be brief."],
+                      "messages": ["--messages", str(msgs)],
+                      "arg": ["--prompt", "Tell me a story.", "--chat", "--system", "Be brief."],
+                      "no-system": ["--prompt", "Tell me a story.", "--chat"]}.items():
+        code, out, err = run_cli(capsys, common + src)
+        assert code == 0, err
+        answers[name] = json.loads(out)
+    ids = {k: v["token_ids"] for k, v in answers.items()}
+    assert ids["stdin"] == ids["file"] == ids["messages"] == ids["arg"]
+    assert answers["arg"]["stats"]["prompt_tokens"] != answers["no-system"]["stats"]["prompt_tokens"]
+    assert answers["arg"]["sampling"]["temperature"] == 0.0
+
+
+def test_json_output_is_strict_and_alone_on_stdout(tiny_chat_model):
+    """A subprocess, as a user runs it: stdout holds exactly one JSON document (no loading bars), no NaN."""
+    cmd = [sys.executable, "-m", "dyndepth.cli"] + GEN + ["--model", str(tiny_chat_model), "--head", "random",
+                                                           "--prompt", "hi", "--json", "--stop", "zzz"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+
+    def no_constants(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    doc = json.loads(res.stdout, parse_constant=no_constants)
+    assert set(doc) >= {"token_ids", "text", "settings", "stats", "sampling"}
+    assert doc["sampling"]["stop"] == ["zzz"]
+
+
+def test_streamed_emoji_are_whole(smollm2_path):
+    """SmolLM2 answers this prompt with emoji that span several byte-level tokens; the streamed stdout must
+    show them whole (no U+FFFD) and equal the --json text."""
+    base = [sys.executable, "-m", "dyndepth.cli", "generate", "--model", "smollm2-135m-instruct", "--policy",
+            "plain", "--dtype", "float32", "--threads", "1", "--max-new-tokens", "11", "--temperature", "0",
+            "--chat", "--prompt", "Repeat exactly: 😀 🎉 日本語 café"]
+    env = {**__import__("os").environ, "PYTHONIOENCODING": "utf-8"}
+    streamed = subprocess.run(base, capture_output=True, timeout=300, env=env)
+    assert streamed.returncode == 0, streamed.stderr.decode(errors="replace")
+    as_json = subprocess.run(base + ["--json"], capture_output=True, timeout=300, env=env)
+    text = json.loads(as_json.stdout)["text"]
+    assert "🎉" in text and "\ufffd" not in text
+    assert streamed.stdout.decode("utf-8") == text + "\n"
+
+
+def test_cli_sources_are_one_line_errors_on_a_real_model(capsys, tiny_chat_model):
+    code, _, err = run_cli(capsys, GEN + ["--model", str(tiny_chat_model), "--head", "random", "--prompt", "hi",
+                                          "--stop-token-id", "999999"])
+    assert_one_line_error(code, err, "--stop-token-id", "999999")
+    code, _, err = run_cli(capsys, GEN + ["--model", str(tiny_chat_model), "--head", str(Path("/no/such/head")),
+                                          "--prompt", "hi"])
+    assert_one_line_error(code, err, "head")
