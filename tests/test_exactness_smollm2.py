@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dyndepth.decoder import SpeculativeDecoder, load_head
-from dyndepth.heads import shipped_head
+from dyndepth.head_weights import shipped_head
 from dyndepth.target import Target
 
 MODEL = "smollm2-135m-instruct"

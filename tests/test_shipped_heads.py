@@ -1,4 +1,4 @@
-"""The draft heads shipped in src/dyndepth/heads/: loadable, small, documented, and the default for their model."""
+"""The draft heads shipped in src/dyndepth/head_weights/: loadable, small, documented, and the default for their model."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 from safetensors import safe_open
 
 from dyndepth.head import DraftHead
-from dyndepth.heads import HEADS_DIR, shipped_head, shipped_heads
+from dyndepth.head_weights import HEADS_DIR, shipped_head, shipped_heads
 from dyndepth.models.registry import ZOO
 
 EXPECTED = ["qwen2.5-coder-1.5b-instruct", "smollm2-135m-instruct"]

@@ -32,7 +32,7 @@ def run(args) -> int:
     from dyndepth import validate
     from dyndepth.decoder import SpeculativeDecoder, load_head
     from dyndepth.errors import DyndepthError
-    from dyndepth.heads import shipped_head
+    from dyndepth.head_weights import shipped_head
     from dyndepth.options import apply_threads, decoder_kwargs
     from dyndepth.target import Target
 

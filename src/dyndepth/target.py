@@ -200,6 +200,68 @@ class Target:
         self.length = n
         return self.logits(feats[-1]), feats
 
+    # -- head features: what the draft head reads (EAGLE-3: hidden states of chosen layers) ---------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.base.layers)
+
+    @property
+    def captured_layers(self) -> tuple[int, ...] | None:
+        """The layers ``capture`` keeps (None: none)."""
+        return getattr(self, "_capture_ids", None)
+
+    def capture(self, layer_ids) -> None:
+        """From now on every forward also keeps the residual stream entering decoder layers ``layer_ids``, i.e.
+        HF ``output_hidden_states[i]`` (forward pre-hooks, no patched modeling code). None: no hooks at all."""
+        ids = None if layer_ids is None else tuple(int(i) for i in layer_ids)
+        if ids == getattr(self, "_capture_ids", None):
+            return
+        for hook in getattr(self, "_hooks", ()):
+            hook.remove()
+        self._hooks, self._captured, self._capture_ids = [], {}, ids
+        if ids is None:
+            return
+        bad = [i for i in ids if not 0 <= i < self.num_layers]
+        if bad:
+            self._capture_ids = None
+            raise DyndepthError(f"target layers {list(ids)} must lie in 0..{self.num_layers - 1} (this target has "
+                                f"{self.num_layers} decoder layers)")
+
+        def keep(i):
+            def hook(module, args, kwargs):
+                self._captured[i] = args[0] if args else kwargs["hidden_states"]  # [B, n, H]
+            return hook
+
+        self._hooks = [self.base.layers[i].register_forward_pre_hook(keep(i), with_kwargs=True)
+                       for i in sorted(set(ids))]
+
+    def head_features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the head reads for the last forward: ``hidden`` itself (no capture), or the captured layers
+        concatenated, [n, k·H] (batch row 0; ``captured_batch`` for batches)."""
+        if self.captured_layers is None:
+            return hidden
+        return self.captured_batch()[0]
+
+    def captured_batch(self) -> torch.Tensor:
+        """The captured layers of the last forward, concatenated in ``layer_ids`` order: [B, n, k·H]."""
+        feats = torch.cat([self._captured[i] for i in self._capture_ids], dim=-1)
+        self._captured = {}
+        return feats
+
+    def forward_features(self, tokens: torch.Tensor, positions: torch.Tensor,
+                         visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` -> (features [n, H] for the logits, head features [n, F]) from the same forward pass."""
+        hidden = self.forward(tokens, positions, visible)
+        return hidden, self.head_features(hidden)
+
+    def prefill_features(self, input_ids: torch.Tensor, head=None):
+        """``prefill`` for a generation with ``head`` (None: no draft): sets what is captured for the head ->
+        (logits of the last position [V], features [L, H], head features [L, F])."""
+        layers = getattr(head, "feature_layers", None)
+        self.capture(None if layers is None else layers(self.num_layers))
+        logits, hidden = self.prefill(input_ids)
+        return logits, hidden, self.head_features(hidden)
+
     @torch.inference_mode()
     def commit_path(self, path: torch.Tensor) -> None:
         """Keep the cache entries of the accepted path (tree indices [a+1], root first) at L .. L+a."""

@@ -55,7 +55,7 @@ class BenchContext:
 
     def head_label(self) -> str:
         if self.head is None:
-            from dyndepth.heads import shipped_head
+            from dyndepth.head_weights import shipped_head
 
             path = shipped_head(self.model) if self._is_zoo_name() else None
             return f"shipped ({path})" if path else "none shipped"

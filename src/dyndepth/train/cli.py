@@ -53,8 +53,12 @@ def register(subparsers) -> None:
     p.add_argument("--init", type=Path, default=None,
                    help="continue from a trained head directory (keeps its MLP width and draft vocabulary)")
     p.add_argument("--noise", type=float, default=0.1, help="uniform noise on input features (default 0.1)")
-    p.add_argument("--unroll", type=int, default=1,
-                   help="train on the head's own predicted features for this many steps (1 = plain EAGLE-1)")
+    p.add_argument("--arch", choices=("eagle", "eagle3"), default="eagle",
+                   help="eagle: an EAGLE-1/2 head (default); eagle3: an EAGLE-3 head (three fused target layers, "
+                        "own lm_head, training-time test)")
+    p.add_argument("--unroll", type=int, default=None,
+                   help="unrolled steps: eagle trains on its own predicted features for this many steps (default "
+                        "1 = plain EAGLE-1); eagle3's training-time test steps (default 7)")
     p.add_argument("--eval-steps", type=int, default=4, help="unroll depth of the held-out top-1 metrics")
     p.add_argument("--holdout", type=float, default=0.05, help="held-out share of --tokens (at most 20k tokens)")
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -85,13 +89,15 @@ def cmd_train_head(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise DyndepthError(f"--threads must be >= 1, got {args.threads}")
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, noise=args.noise,
-                      eval_steps=args.eval_steps, unroll=args.unroll, seed=args.seed)
+                      eval_steps=args.eval_steps,
+                      unroll=args.unroll if args.unroll is not None else (7 if args.arch == "eagle3" else 1),
+                      seed=args.seed)
     opts = Options(model=args.model, data=args.data, conversations=args.conversations,
                    tokens=parse_count(args.tokens), out=args.out, max_len=args.max_len,
                    draft_vocab=args.draft_vocab, intermediate_size=args.intermediate_size,
                    self_distill=args.self_distill, distill_max_new=args.distill_max_new, init=args.init,
                    holdout=args.holdout, cache_dir=args.cache_dir, features=args.features, dtype=args.dtype, threads=args.threads,
                    device=args.device, extract_batch_tokens=args.extract_batch_tokens,
-                   time_budget_min=args.time_budget, progress=not args.no_progress, train=cfg)
+                   time_budget_min=args.time_budget, progress=not args.no_progress, train=cfg, arch=args.arch)
     run(opts)
     return 0

@@ -1,7 +1,9 @@
 """Feature extraction: run the target once over every training conversation and store what training needs.
 
 Per conversation: token ids [n] (int32), loss mask [n] (uint8, 1 = assistant token) and the target's features
-[n, H] (bf16; final-normed last hidden states = lm_head inputs). Conversations are sorted by length and run in
+[n, H] (bf16; final-normed last hidden states = lm_head inputs). For an EAGLE-3 head (``target.capture(layers)``
+set) the features are [n, (1 + k)·H]: the final features, then the k captured layers, all bf16.
+Conversations are sorted by length and run in
 batches of at most ``batch_tokens`` padded tokens; consecutive batches are grouped into shards
 ``shard-NNNNN.safetensors`` (flat tensors + offsets). A shard is written atomically, so an interrupted run resumes
 by skipping the shards that exist.
@@ -73,7 +75,10 @@ def run_batch(target, examples: list[Example], keep_on: torch.device | None = No
         ids[b, : len(x)] = torch.tensor(x)
         att[b, : len(x)] = 1
     out = target.base(input_ids=ids.to(target.device), attention_mask=att.to(target.device), use_cache=False)
-    feats = out.last_hidden_state.to(torch.bfloat16).to(keep_on or "cpu")  # [B, n, H]
+    feats = out.last_hidden_state  # [B, n, H]
+    if target.captured_layers is not None:  # EAGLE-3: the final features, then the head's k target layers
+        feats = torch.cat([feats, target.captured_batch()], dim=-1)  # [B, n, (1 + k)·H]
+    feats = feats.to(torch.bfloat16).to(keep_on or "cpu")
     return [feats[b, : len(x)].clone() for b, (x, _) in enumerate(examples)]  # clone: free the padded batch
 
 

@@ -3,7 +3,10 @@
     examples  = render(conversations) or self_distill(prompts)      # (ids, assistant mask), held-out split first
     shards    = extract(target, examples)                            # cached by content fingerprint, resumable
     head      = DraftHead(head_config(target, intermediate_size), draft_vocab = frequent assistant tokens)
+                or, with --arch eagle3, Eagle3Head (own lm_head over that draft vocabulary; features = the final
+                features + the head's three target layers, captured in the same extraction forward)
     fit(head) -> after each epoch: held-out metrics; the best head so far is saved to --out at once
+                (EAGLE-1/2: trainer.py's objective; EAGLE-3: ttt.py's training-time test)
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 import torch
 
 from dyndepth.errors import DyndepthError
-from dyndepth.head import DraftHead, head_config
+from dyndepth.head import DraftHead, Eagle3Head, default_layers, eagle3_config, head_config, load_head_dir
 from dyndepth.train import data as D
 from dyndepth.train.extract import (extract, extract_in_memory, fingerprint, load_shards, pending_tokens,
                                     plan_batches, run_batch, write_manifest)
@@ -53,6 +56,7 @@ class Options:
     time_budget_min: float | None = None  # cap the epochs so the whole run fits (from the measured estimate)
     progress: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
+    arch: str = "eagle"  # "eagle" (EAGLE-1/2 head) or "eagle3"
 
 
 def _log(msg: str) -> None:
@@ -108,6 +112,7 @@ def run(opts: Options, target=None, log=_log) -> dict:
         target = Target.from_pretrained(opts.model, dtype=opts.dtype, device=dev)
     dev = target.device
     tok = target.tokenizer
+    layers = _capture_layers(opts, target)  # EAGLE-3: the target layers extraction keeps (None for EAGLE-1/2)
     n_hold = min(opts.holdout_max, max(1, int(opts.tokens * opts.holdout)))
 
     t0 = time.perf_counter()
@@ -126,7 +131,8 @@ def run(opts: Options, target=None, log=_log) -> dict:
 
     # Features (cached by content; resumable). Estimate the time first from a measured warm-up.
     examples = held + train
-    fp = fingerprint(examples, f"{opts.model}|{opts.dtype}|{getattr(target.config, '_name_or_path', '')}")
+    fp = fingerprint(examples, f"{opts.model}|{opts.dtype}|{getattr(target.config, '_name_or_path', '')}"
+                               + ("" if layers is None else f"|eagle3 layers {list(layers)}"))
     cache = (opts.cache_dir or _default_cache()) / fp
     per_epoch_s = _estimate(target, examples, len(held), cache, opts, log)
     t0 = time.perf_counter()
@@ -152,24 +158,29 @@ def run(opts: Options, target=None, log=_log) -> dict:
     embed = torch.nn.Embedding.from_pretrained(target.embed.weight.detach().float(), freeze=True)
     lm_w = target.lm_head.weight.detach().float()  # [V, H]
     torch.manual_seed(opts.train.seed)
+    subset = None
     if opts.init:  # continue from a trained head: its shapes and draft vocabulary are kept
-        head = DraftHead.from_pretrained(opts.init, dtype=torch.float32).to(dev)
+        head = load_head_dir(opts.init, dtype=torch.float32).to(dev)
+        if head.arch != opts.arch:
+            raise DyndepthError(f"--init {opts.init} holds an {head.arch} head; pass --arch {head.arch}")
         log(f"initialised from {opts.init} (its MLP width and draft vocabulary are kept)")
     else:
-        head = DraftHead(head_config(target.config, intermediate_size=opts.intermediate_size)).float().to(dev)
+        if opts.draft_vocab and opts.draft_vocab < lm_w.shape[0]:  # the most frequent assistant tokens
+            counts = token_counts(train, lm_w.shape[0])
+            subset = frequent_tokens(counts, opts.draft_vocab, special_ids(tok, target.stop_token_ids()))
+        head = _new_head(opts, target, subset).float().to(dev)
     head.bind(embed, lm_w)
+    if isinstance(head, Eagle3Head) and not opts.init:
+        from dyndepth.train.ttt import init_from_target
+
+        init_from_target(head, lm_w, None)
     vocab_info = {}
     if head.draft_vocab is not None:
         vocab_info = {"draft_vocab_size": head.draft_vocab_size,
                       "heldout_coverage": round(_target_coverage(head.draft_vocab, held_items, lm_w), 4)}
-    elif opts.draft_vocab and opts.draft_vocab < lm_w.shape[0]:
-        counts = token_counts(train, lm_w.shape[0])
-        subset = frequent_tokens(counts, opts.draft_vocab, special_ids(tok, target.stop_token_ids()))
-        head.set_draft_vocab(subset)
-        vocab_info = {"draft_vocab_size": int(subset.numel()),
-                      "heldout_coverage": round(_target_coverage(subset, held_items, lm_w), 4)}
-        log(f"draft vocabulary: {subset.numel()} tokens; they cover {vocab_info['heldout_coverage']:.1%} of the "
-            f"target's held-out argmax tokens")
+        if subset is not None:
+            log(f"draft vocabulary: {subset.numel()} tokens; they cover {vocab_info['heldout_coverage']:.1%} of "
+                f"the target's held-out argmax tokens")
 
     record = {"model": opts.model, "data": opts.data, "options": _jsonable(opts), "train_config": asdict(opts.train),
               "data_stats": {"train_conversations": len(train), "train_tokens": n_train_tok,
@@ -202,7 +213,7 @@ def run(opts: Options, target=None, log=_log) -> dict:
     t0 = time.perf_counter()
     deadline = None if opts.time_budget_min is None else wall0 + opts.time_budget_min * 60
     fit(head, train_items, held_items, cfg, lm_w, on_epoch=on_epoch, progress=opts.progress, log=log,
-        deadline=deadline)
+        deadline=deadline, **_objective(head, lm_w))
     timings["train_s"] = round(time.perf_counter() - t0, 1)
     timings["wall_s"] = round(time.perf_counter() - wall0, 1)
     record["timings"] = timings
@@ -267,22 +278,23 @@ def _estimate(target, examples, n_held: int, cache: Path, opts: Options, log) ->
     ex_rate = sum(lengths[i] for i in mid) / (time.perf_counter() - t0)
     # two steps of a throwaway head on random features shaped like the median batch
     h = target.config.hidden_size
-    probe = DraftHead(head_config(target.config, intermediate_size=opts.intermediate_size)).float().to(dev)
-    probe.bind(torch.nn.Embedding.from_pretrained(target.embed.weight.detach().float()),
-               target.lm_head.weight.detach().float())
-    vd = opts.draft_vocab if opts.draft_vocab and opts.draft_vocab < probe.config.vocab_size else None
-    if vd:
-        probe.set_draft_vocab(torch.arange(vd))
+    vocab = target.lm_head.weight.shape[0]
+    vd = opts.draft_vocab if opts.draft_vocab and opts.draft_vocab < vocab else None
+    probe = _new_head(opts, target, None if vd is None else torch.arange(vd)).float().to(dev)
+    lm_w = target.lm_head.weight.detach().float()
+    probe.bind(torch.nn.Embedding.from_pretrained(target.embed.weight.detach().float()), lm_w)
+    width = h * (1 + len(target.captured_layers or ()))  # EAGLE-3: final features + the captured layers
+    step = _objective(probe, lm_w).get("step_fn", train_step)
     n = sorted(lengths)[len(lengths) // 2]
-    items = [(torch.randint(0, vd or probe.config.vocab_size, (n,), device=dev),
-              torch.ones(n, dtype=torch.bool, device=dev), torch.randn(n, h, device=dev).to(torch.bfloat16))
+    items = [(torch.randint(0, vd or vocab, (n,), device=dev),
+              torch.ones(n, dtype=torch.bool, device=dev), torch.randn(n, width, device=dev).to(torch.bfloat16))
              for _ in range(opts.train.batch_size)]
     opt = torch.optim.AdamW(probe.parameters(), lr=1e-5)
-    train_step(probe, opt, items, opts.train, 1e-5)
+    step(probe, opt, items, opts.train, 1e-5)
     _sync(dev)
     t0 = time.perf_counter()
     for _ in range(2):
-        train_step(probe, opt, items, opts.train, 1e-5)
+        step(probe, opt, items, opts.train, 1e-5)
     _sync(dev)
     tr_rate = 2 * n * len(items) / (time.perf_counter() - t0)
     total, held_tok = sum(lengths), sum(lengths[:n_held])
@@ -294,6 +306,44 @@ def _estimate(target, examples, n_held: int, cache: Path, opts: Options, log) ->
         f"({todo} of {total} tokens left, at {ex_rate:.0f} tok/s), training {t_tr / 60:.1f} min ({opts.train.epochs} epochs at "
         f"{tr_rate:.0f} tok/s); total about {(t_ex + t_tr + t_ev) / 60:.0f} min. {left}".rstrip())
     return ((total - held_tok) + opts.train.eval_steps * held_tok) / tr_rate
+
+
+def _capture_layers(opts: Options, target):
+    """EAGLE-3: set the target to capture the head's layers (the --init head's, else (2, L//2, L-3))."""
+    if opts.arch != "eagle3":
+        target.capture(None)
+        return None
+    if opts.init:
+        layers = load_head_dir(opts.init).feature_layers(target.num_layers)
+    else:
+        layers = default_layers(target.num_layers)
+        if min(layers) < 0 or max(layers) >= target.num_layers:
+            raise DyndepthError(f"--arch eagle3: the default target layers {list(layers)} (2, L//2, L-3) need a "
+                                f"target with at least 3 decoder layers; this one has {target.num_layers}")
+    target.capture(layers)
+    return tuple(layers)
+
+
+def _new_head(opts: Options, target, subset: torch.Tensor | None):
+    """A fresh head of ``opts.arch`` for the target, drafting from ``subset`` (target ids; None = all)."""
+    if opts.arch == "eagle3":
+        vd = None if subset is None else int(subset.numel())
+        head = Eagle3Head(eagle3_config(target.config, intermediate_size=opts.intermediate_size, draft_vocab_size=vd))
+    else:
+        head = DraftHead(head_config(target.config, intermediate_size=opts.intermediate_size))
+    if subset is not None:
+        head.set_draft_vocab(subset)
+    return head
+
+
+def _objective(head, lm_w: torch.Tensor) -> dict:
+    """fit()'s step_fn / eval_fn for the head's kind (EAGLE-1/2: trainer.py's defaults)."""
+    if not isinstance(head, Eagle3Head):
+        return {}
+    from dyndepth.train import ttt
+
+    return {"step_fn": lambda hd, opt, items, cfg, lr: ttt.train_step(hd, opt, items, cfg, lr, lm_w),
+            "eval_fn": ttt.evaluate}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -345,6 +395,8 @@ def _check(opts: Options) -> None:
         raise DyndepthError("--epochs 0 keeps nothing with --features memory; use --features disk")
     if opts.extract_batch_tokens is not None and opts.extract_batch_tokens < 1:
         raise DyndepthError(f"--extract-batch-tokens must be positive, got {opts.extract_batch_tokens}")
+    if opts.arch not in ("eagle", "eagle3"):
+        raise DyndepthError(f"--arch expects eagle or eagle3, got {opts.arch!r}")
     if opts.out.exists() and not opts.out.is_dir():
         raise DyndepthError(f"--out {opts.out} exists and is not a directory")
 
@@ -360,7 +412,7 @@ def _target_coverage(subset: torch.Tensor, items, lm_w: torch.Tensor) -> float:
     toks = []
     for ids, mask, f in items:
         sel = mask[1:].to(lm_w.device)  # feature j predicts token j+1
-        toks.append((f[:-1].to(lm_w.device)[sel].float() @ lm_w.T).argmax(-1).cpu())
+        toks.append((f[:-1, : lm_w.shape[1]].to(lm_w.device)[sel].float() @ lm_w.T).argmax(-1).cpu())
     return coverage(subset.cpu(), torch.cat(toks))
 
 
@@ -411,8 +463,11 @@ def readme(rec: dict) -> str:
     vocab = rec["draft_vocab"].get("draft_vocab_size", "full")
     lines = [
         f"# EAGLE draft head for {rec['model']}", "",
-        "One-layer EAGLE-1/2 head (official EAGLE checkpoint layout, bf16 safetensors), trained with "
-        "`dyndepth train-head`; the full record is in `training.json`.", "",
+        ("One-layer EAGLE-3 head (official EAGLE-3 checkpoint layout, `midlayer.*`, bf16 safetensors), trained "
+         "with training-time test by `dyndepth train-head --arch eagle3`"
+         if o.get("arch") == "eagle3" else
+         "One-layer EAGLE-1/2 head (official EAGLE checkpoint layout, bf16 safetensors), trained with "
+         "`dyndepth train-head`") + "; the full record is in `training.json`.", "",
         f"- data: {rec['data']}{' (self-distilled replies)' if o['self_distill'] else ''}; "
         f"{d['train_conversations']} conversations, {d['train_tokens']} tokens ({d['train_assistant_tokens']} "
         f"assistant tokens), max length {o['max_len']}",

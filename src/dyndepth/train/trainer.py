@@ -206,8 +206,12 @@ def _argmax(h: torch.Tensor, logits_fn, chunk: int = 2048) -> torch.Tensor:
 
 
 def fit(head: DraftHead, train: list[Item], heldout: list[Item], cfg: TrainConfig, full_lm_weight: torch.Tensor,
-        on_epoch=None, progress: bool = True, log=print, deadline: float | None = None) -> list[dict]:
+        on_epoch=None, progress: bool = True, log=print, deadline: float | None = None, step_fn=None,
+        eval_fn=None) -> list[dict]:
     """Train; after every epoch evaluate and call on_epoch(epoch, metrics). Returns the per-epoch metrics.
+
+    step_fn(head, opt, items, cfg, lr) / eval_fn(head, items, cfg, full_lm_weight): the objective (default: the
+    EAGLE-1 ``train_step`` / ``evaluate``; EAGLE-3 passes ``dyndepth.train.ttt``'s).
 
     deadline: a time.perf_counter() value; training stops after an epoch when another epoch as long as the
     last one would end after it (the learning-rate schedule still spans cfg.epochs)."""
@@ -224,14 +228,14 @@ def fit(head: DraftHead, train: list[Item], heldout: list[Item], cfg: TrainConfi
                    disable=not progress, dynamic_ncols=True)
         loss_sum, n_tok = 0.0, 0
         for items in bar:
-            out = train_step(head, opt, items, cfg, lr_at(step, total, cfg))
+            out = (step_fn or train_step)(head, opt, items, cfg, lr_at(step, total, cfg))
             step += 1
             n_tok += out["tokens"]
             loss_sum += out["loss"] * out["tokens"]
             bar.set_postfix(loss=f"{out['loss']:.3f}")
         run_loss = loss_sum / max(1, n_tok)  # the epoch's mean training loss
         head.eval()
-        metrics = evaluate(head, heldout, cfg, full_lm_weight)
+        metrics = (eval_fn or evaluate)(head, heldout, cfg, full_lm_weight)
         metrics.update(epoch=epoch, train_loss=round(run_loss, 4), train_tokens=n_tok,
                        epoch_time_s=round(time.perf_counter() - t0, 1))
         history.append(metrics)

@@ -1,4 +1,5 @@
-"""Draft heads that ship with dyndepth, one folder per zoo model name (EAGLE format, bf16 safetensors)."""
+"""Trained draft-head weights shipped with dyndepth, one folder per zoo model name (EAGLE format, bf16
+safetensors, with the training record). The code that reads them is ``dyndepth.head``."""
 
 from __future__ import annotations
 
