@@ -34,7 +34,8 @@ def _optional_command_modules():
     """Subcommand modules of the later pipeline stages; each exposes ``register(subparsers)``."""
     import importlib
 
-    names = ["dyndepth.generate_cli", "dyndepth.demo", "dyndepth.train.cli", "dyndepth.bench.cli"]
+    names = ["dyndepth.generate_cli", "dyndepth.demo", "dyndepth.train.cli", "dyndepth.bench.cli",
+             "dyndepth.serve.cli"]
     modules = []
     for name in names:
         try:

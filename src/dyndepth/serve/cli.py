@@ -1,0 +1,104 @@
+"""``dyndepth serve``: load one model with its draft head and serve it over an OpenAI-compatible HTTP API.
+
+    dyndepth serve --model smollm2-135m-instruct --dtype float32 [--port 8000] [--api-key KEY]
+
+Binds 127.0.0.1 unless ``--host`` says otherwise; a non-loopback address without ``--api-key`` is allowed but
+warned about. Every option is checked before the model loads. docs/SERVING.md is the guide.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+
+from dyndepth import validate
+from dyndepth.errors import DyndepthError
+from dyndepth.options import add_decoder_options
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API (needs the 'serve' extra)")
+    add_decoder_options(p)
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                   help="address to bind (default: %(default)s, this machine only)")
+    g.add_argument("--port", type=int, default=8000, metavar="PORT", help="TCP port (default: %(default)s)")
+    g.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on every route but /health and the page "
+                        "(default: $DYNDEPTH_API_KEY, else none)")
+    g.add_argument("--max-queue", type=int, default=64, metavar="N",
+                   help="requests that may wait for the engine; more get 429 (default: %(default)s)")
+    g.add_argument("--request-timeout", type=float, default=600.0, metavar="S",
+                   help="seconds from arrival (queue included) after which a request ends with 504 (default: "
+                        "%(default)s; 0 = none)")
+    g.add_argument("--served-model-name", default=None, metavar="NAME",
+                   help="the model name clients send (default: --model)")
+    g.add_argument("--default-max-tokens", type=int, default=256, metavar="N",
+                   help="token budget when a request sets neither max_tokens nor max_completion_tokens "
+                        "(default: %(default)s)")
+    g.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N",
+                   help="request size limit (default: 1 MiB)")
+    g.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser pages from ORIGIN to call the API (repeatable; default: none)")
+    g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=run)
+
+
+def check_server_options(args) -> None:
+    """Every server option, before the model loads."""
+    validate.integer("--port", args.port, lo=1, hi=65535)
+    validate.integer("--max-queue", args.max_queue, lo=1)
+    validate.number("--request-timeout", args.request_timeout, lo=0.0)
+    validate.integer("--default-max-tokens", args.default_max_tokens, lo=1)
+    validate.integer("--max-body-bytes", args.max_body_bytes, lo=1024)
+    if args.api_key is not None and not args.api_key.strip():
+        raise DyndepthError("--api-key must not be empty")
+    for origin in args.cors_origin:
+        if origin == "*":
+            raise DyndepthError("--cors-origin '*' would let any web page use this server; name the origins")
+
+
+def run(args) -> int:
+    try:
+        import uvicorn
+
+        from dyndepth.serve.app import Settings, create_app
+        from dyndepth.serve.worker import Engine
+    except ModuleNotFoundError as exc:
+        raise DyndepthError(f"dyndepth serve needs the 'serve' extra ({exc.name} is missing): "
+                            f"pip install 'dyndepth[serve]'") from None
+    if args.api_key is None:
+        args.api_key = os.environ.get("DYNDEPTH_API_KEY") or None
+    check_server_options(args)
+    if not _is_loopback(args.host) and not args.api_key:
+        print(f"warning: serving on {args.host} without --api-key: anyone who can reach this address can use "
+              f"the model", file=sys.stderr)
+    from dyndepth.options import build_decoder
+
+    dec = build_decoder(args)
+    engine = Engine(dec, max_queue=args.max_queue).start()
+    settings = Settings(model_name=args.served_model_name or args.model, api_key=args.api_key,
+                        request_timeout_s=args.request_timeout or None, max_body_bytes=args.max_body_bytes,
+                        default_max_tokens=args.default_max_tokens, cors_origins=tuple(args.cors_origin))
+    app = create_app(engine, settings)
+    print(f"dyndepth serve: {settings.model_name} ({dec.describe()}) on http://{_url_host(args.host)}:{args.port}",
+          file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    finally:
+        engine.close()
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
