@@ -63,12 +63,20 @@ def exact_joint(target, params):
     SamplingParams(temperature=1.3, top_p=0.8),
     SamplingParams(temperature=1.0, top_k=3),
 ], ids=["T1", "T0.6", "T1.3-top_p0.8", "T1-top_k3"])
-def test_joint_distribution_of_first_tokens_matches_target(toy_target, params):
+def test_joint_distribution_of_first_tokens_matches_target(toy_target, params, policy="fixed"):
     torch.manual_seed(123)
     head = DraftHead(head_config(toy_target.config))  # random: a deliberately wrong draft
     with torch.no_grad():
         head.fc.weight.mul_(5.0)  # confident and wrong: deep trees, many rejections
-    dec = SpeculativeDecoder(toy_target, head, policy="fixed", top_k=2, total_tokens=6, max_depth=3)
+    if policy == "auto":  # a cost curve that makes the tree's depth and size change from step to step
+        from dyndepth.policies import CostAwarePolicy
+        from dyndepth.policies.costs import CostModel
+
+        costs = CostModel([1, 2, 4, 6], [0.01, 0.0102, 0.0106, 0.011], draft_base_s=0.0005, draft_level_s=0.0005)
+        dec = SpeculativeDecoder(toy_target, head, policy=CostAwarePolicy(costs=costs, max_depth=3), top_k=2,
+                                 total_tokens=6)
+    else:
+        dec = SpeculativeDecoder(toy_target, head, policy=policy, top_k=2, total_tokens=6, max_depth=3)
     n = 4000
     counts = {}
     accepted_any = 0
@@ -98,6 +106,12 @@ def test_joint_distribution_of_first_tokens_matches_target(toy_target, params):
     exp = [e * n / total for e in exp]
     assert chisquare(obs, exp).pvalue > 1e-3
     assert accepted_any > n * 0.05  # the draft is sometimes accepted: the acceptance path is exercised
+
+
+@pytest.mark.parametrize("params", [SamplingParams(temperature=0.7, top_p=0.9)], ids=["T0.7-top_p0.9"])
+def test_joint_distribution_matches_target_with_the_auto_policy(toy_target, params):
+    """auto chooses depth and tree size per step from what it has seen: still exactly the target's distribution."""
+    test_joint_distribution_of_first_tokens_matches_target(toy_target, params, policy="auto")
 
 
 def test_seed_makes_sampling_reproducible(toy_target):

@@ -27,7 +27,7 @@ from dyndepth import validate
 from dyndepth.draft import grow_pool
 from dyndepth.errors import DyndepthError
 from dyndepth.head import DraftHead, DraftKV, head_config
-from dyndepth.policies import DepthPolicy, make_policy
+from dyndepth.policies import AUTO_OPTIONS, DepthPolicy, make_policy
 from dyndepth.request import GenerationRequest, ResolvedRequest
 from dyndepth.sampling import SamplingParams, pick_token
 from dyndepth.stats import GenerationStats, StepStats
@@ -39,6 +39,8 @@ from dyndepth.verify import NodeLogits, verify
 
 # Tokens verified per step (root included). EAGLE-2 uses 60 on GPUs; a CPU's verify cost grows quickly with N.
 DEFAULT_TOTAL_TOKENS = {"cpu": 24, "cuda": 60}
+# The auto policy chooses N per step; this is only its upper bound (and the largest size it measures).
+AUTO_TOTAL_TOKENS = {"cpu": 48, "cuda": 128}
 DEFAULT_TOP_K = 10
 
 
@@ -52,21 +54,24 @@ class GenerationOutput:
 class SpeculativeDecoder:
     def __init__(self, target: Target, head: DraftHead | None, policy: DepthPolicy | str = "ddd",
                  top_k: int | None = None, total_tokens: int | None = None, max_depth: int | None = None,
-                 checks=None, threshold: float | None = None):
+                 checks=None, threshold: float | None = None, **policy_options):
+        """policy_options: the auto policy's knobs (min_depth, prior_strength, update_rate, cost_update_rate)."""
         self.target = target
         if isinstance(policy, DepthPolicy):
             tree = validate.tree_options("fixed" if policy.max_depth else "plain", top_k, total_tokens)
             self.policy = policy
         else:
-            tree = validate.tree_options(policy, top_k, total_tokens, max_depth, checks, threshold)
-            self.policy = make_policy(policy, **{k: tree[k] for k in ("max_depth", "checks", "threshold") if k in tree})
+            tree = validate.tree_options(policy, top_k, total_tokens, max_depth, checks, threshold, **policy_options)
+            knobs = {k: tree[k] for k in ("max_depth", "checks", "threshold", *AUTO_OPTIONS) if k in tree}
+            self.policy = make_policy(policy, **knobs)
         if self.policy.max_depth > 0 and head is None:
             raise DyndepthError(f"the {self.policy.name!r} policy needs a draft head")
         self.head = head
         if head is not None:
             head.bind(target.embed, target.lm_head.weight)
         device_kind = "cuda" if target.device.type == "cuda" else "cpu"
-        self.total_tokens = int(tree.get("total_tokens") or DEFAULT_TOTAL_TOKENS[device_kind])
+        defaults = AUTO_TOTAL_TOKENS if self.policy.name == "auto" else DEFAULT_TOTAL_TOKENS
+        self.total_tokens = int(tree.get("total_tokens") or defaults[device_kind])
         self.top_k = int(tree.get("top_k") or DEFAULT_TOP_K)
         if self.policy.max_depth > 0:
             if self.top_k > head.draft_vocab_size:
@@ -77,6 +82,7 @@ class SpeculativeDecoder:
         self.stop_ids = target.stop_token_ids()
         self.last_stats: GenerationStats | None = None
         self.last_request: ResolvedRequest | None = None  # the options of the latest generation, defaults filled
+        self.policy.prepare(self)  # auto: load or measure this machine's cost curves
 
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -232,10 +238,10 @@ class SpeculativeDecoder:
 
         try:
             check_owner()
-            logits, feats = target.prefill(ids)  # [V], [L, H]
+            logits, feats, head_feats = target.prefill_features(ids, head)  # [V], [L, H], [L, F] (F: head's input)
             root = pick_token(processed(lambda _: logits, [0])(0), params, generator)
             pair_tokens = torch.cat([ids[1:], torch.tensor([root], device=device)])  # [L]
-            pair_feats = feats  # [L, H]
+            pair_feats = head_feats  # [L, F]
             draft_cache = DraftKV()
             stats.prefill_time_s = _now(device) - start
             chunk, done = emit([root])
@@ -252,16 +258,17 @@ class SpeculativeDecoder:
                         yield TextChunk([], tail)
                     break
                 t0 = _now(device)
+                pool = None
                 if policy.max_depth > 0:
                     pool = grow_pool(head, draft_cache, pair_tokens, pair_feats, policy, self.top_k)
-                    tree = pool.select(root, n_tree - 1)
+                    tree = pool.select(root, policy.tree_size(pool, n_tree) - 1)
                     depth = pool.depth
                 else:
                     tree, depth = DraftTree.root_only(root), 0
                 t1 = _now(device)
                 tree_tokens = torch.tensor(tree.tokens, device=device)  # [N]
-                feats = target.forward(tree_tokens, tree.position_ids(L, device)[0],
-                                       tree.visibility(L, device))  # [N, H]
+                feats, head_feats = target.forward_features(tree_tokens, tree.position_ids(L, device)[0],
+                                                            tree.visibility(L, device))  # [N, H], [N, F]
                 logits_at = processed(NodeLogits(feats, target.logits), tree.depths)
                 path, bonus = verify(tree, logits_at, params, generator)
                 path_t = torch.tensor(path, device=device)  # [a + 1] tree indices, root first
@@ -269,11 +276,16 @@ class SpeculativeDecoder:
                 t2 = _now(device)
                 new = [tree.tokens[i] for i in path[1:]] + [bonus]  # accepted nodes + bonus
                 pair_tokens = torch.tensor(new, device=device)  # [a + 1]
-                pair_feats = feats[path_t]  # [a + 1, H]
+                pair_feats = head_feats[path_t]  # [a + 1, F]
                 root = bonus
                 chunk, done = emit(new)
+                on_path = set(path)
                 step = StepStats(committed=len(chunk.token_ids), accepted=len(path) - 1, depth=depth,
-                                 tree_size=len(tree), draft_time_s=t1 - t0, verify_time_s=t2 - t1)
+                                 tree_size=len(tree), draft_time_s=t1 - t0, verify_time_s=t2 - t1,
+                                 beam_log_mass=float(pool.beam_log_mass) if pool is not None else None,
+                                 predicted_accepted=policy.prediction(), node_values=tree.values[1:],
+                                 node_parents=tree.parents[1:], node_depths=tree.depths[1:],
+                                 node_accepted=[i in on_path for i in range(1, len(tree))])
                 stats.step_stats.append(step)
                 stats.new_tokens = emitted
                 policy.observe(step)
@@ -330,10 +342,11 @@ def _token_ids_of(loop) -> Iterator[list[int]]:
         loop.close()
 
 
-def load_head(head, target_name: str, target: Target, seed: int = 0) -> DraftHead:
-    """Resolve a head argument: a directory, "random", or None (the head shipped for a zoo model)."""
+def load_head(head, target_name: str, target: Target, seed: int = 0):
+    """Resolve a head argument: a directory (EAGLE-1/2 or EAGLE-3, told by the checkpoint), "random" (EAGLE-1/2),
+    or None (the head shipped for a zoo model)."""
     if head is None:
-        from dyndepth.heads import shipped_head
+        from dyndepth.head_weights import shipped_head
 
         path = shipped_head(target_name)
         if path is None:
@@ -344,7 +357,11 @@ def load_head(head, target_name: str, target: Target, seed: int = 0) -> DraftHea
         torch.manual_seed(seed)
         draft = DraftHead(head_config(target.config))
         return draft.to(device=target.device, dtype=target.dtype)
-    return DraftHead.from_pretrained(head, dtype=target.dtype, device=target.device)
+    from dyndepth.head import load_head_dir
+
+    draft = load_head_dir(head, dtype=target.dtype, device=target.device)
+    draft.feature_layers(target.num_layers)  # an EAGLE-3 head's layers must exist in this target
+    return draft
 
 
 def _now(device) -> float:

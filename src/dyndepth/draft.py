@@ -2,7 +2,8 @@
 
 1. Root forward: the head consumes the step's new committed pairs (feature, next token), appends their KV to
    its committed cache, and its last output predicts depth 1: the ``top_k`` best tokens become depth-1 nodes
-   (the first beam).
+   (the first beam). The target features go through ``head.project`` first: EAGLE-3's fc (k·H_t -> H) runs
+   only on target features; for EAGLE-1/2 it is the identity (fc is inside ``forward``).
 2. Expansion of depth d -> d+1: one forward over the ``top_k`` beam nodes of depth d (all at draft position
    ``L + d - 1``; each sees the committed cache, its own ancestors' scratch entries and itself). Each beam
    node's ``top_k`` children enter the pool with path value parent value + child log-prob; the ``top_k`` best
@@ -25,7 +26,8 @@ from dyndepth.tree import DraftPool
 @torch.inference_mode()
 def grow_pool(head: DraftHead, cache: DraftKV, tokens: torch.Tensor, features: torch.Tensor,
               policy: DepthPolicy, top_k: int) -> DraftPool:
-    """tokens [n] (target ids) and features [n, H]: the new committed pairs, whose last token is the root.
+    """tokens [n] (target ids) and features [n, F]: the new committed pairs, whose last token is the root
+    (F = H for EAGLE-1/2, k·H_t for EAGLE-3).
 
     Returns the pool; ``pool.depth`` is the number of levels grown."""
     pool = DraftPool()
@@ -36,7 +38,7 @@ def grow_pool(head: DraftHead, cache: DraftKV, tokens: torch.Tensor, features: t
     # 1. Root forward over the new committed pairs (causal among themselves, all of the cache visible).
     positions = torch.arange(start, start + n, device=device)[None]  # [1, n]
     mask = _causal_mask(n, start, dtype, device)  # [1, 1, n, start + n]
-    hidden = head(tokens[None], features[None], positions, cache, mask)[0]  # [n, H]
+    hidden = head(tokens[None], head.project(features[None]), positions, cache, mask)[0]  # [n, H]
     cache.commit()
     h_root = hidden[-1:]  # [1, H]
     logp = torch.log_softmax(head.logits(h_root).float(), dim=-1)  # [1, V_d]
@@ -47,7 +49,7 @@ def grow_pool(head: DraftHead, cache: DraftKV, tokens: torch.Tensor, features: t
     ancestors = torch.eye(top_k, dtype=torch.bool, device=device)  # [K, K·depth] over scratch entries
 
     depth = 1
-    while depth < policy.max_depth and not policy.should_stop(depth, beam_values):
+    while depth < policy.max_depth and not policy.should_stop(depth, beam_values, pool):
         # 2. Expand the beam of `depth` into depth + 1.
         committed = cache.committed
         scratch_mask = torch.zeros(top_k, committed + ancestors.shape[1], dtype=dtype, device=device)
@@ -68,6 +70,7 @@ def grow_pool(head: DraftHead, cache: DraftKV, tokens: torch.Tensor, features: t
         depth += 1
 
     cache.crop_to_committed()
+    pool.beam_log_mass = torch.logsumexp(beam_values.float(), dim=-1)  # 0-d: the deepest beam's log mass
     return pool
 
 

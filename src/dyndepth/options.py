@@ -18,12 +18,14 @@ def add_decoder_options(p: argparse.ArgumentParser, default_policy: str = "ddd")
                    help="float32 is the exactness mode, bfloat16 the speed mode on CPU (default: %(default)s)")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: %(default)s)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads, >= 1 (default: torch's choice)")
-    g.add_argument("--policy", default=default_policy, choices=["ddd", "fixed", "plain"],
-                   help="depth policy: ddd (dynamic depth), fixed (EAGLE-2), plain (no draft) (default: %(default)s)")
+    g.add_argument("--policy", default=default_policy, choices=["ddd", "fixed", "auto", "plain"],
+                   help="depth policy: ddd (dynamic depth), fixed (EAGLE-2), auto (cost-aware: depth and tree size "
+                        "per step from measured costs), plain (no draft) (default: %(default)s)")
     g.add_argument("--draft-top-k", type=int, default=None, dest="tree_top_k",
                    help="beam width: children kept per node and nodes kept per depth, 1..64 (default: 10)")
     g.add_argument("--total-tokens", type=int, default=None,
-                   help="tokens verified per step, root included, 2..1024 (default: 24 on CPU, 60 on CUDA)")
+                   help="tokens verified per step, root included, 2..1024 (default: 24 on CPU, 60 on CUDA; auto: "
+                        "the most it may choose, 48 / 128)")
     g.add_argument("--max-depth", type=int, default=None, help="most draft levels per step (ddd: 11, fixed: 6)")
     g.add_argument("--checks", default=None, help="ddd check depths, comma separated (default: 5,7,9)")
     g.add_argument("--threshold", type=float, default=None, help="ddd stop threshold on log beam mass (default: -0.3)")

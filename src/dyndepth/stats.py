@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 
 @dataclass
@@ -13,6 +14,20 @@ class StepStats:
     tree_size: int  # tokens verified, root included (N)
     draft_time_s: float
     verify_time_s: float
+    beam_log_mass: float | None = None  # logsumexp of the deepest beam's path log-values (DDD's H at that depth)
+    predicted_accepted: float | None = None  # the policy's E[accepted] for this tree (auto), else None
+    # The verified tree's draft nodes (root excluded), for policies that learn from them: path log-values,
+    # parents (tree indices, 0 = the root), depths, and whether each was accepted (on the accepted path).
+    # Not written by to_dict.
+    node_values: list[float] = field(default_factory=list, repr=False)
+    node_parents: list[int] = field(default_factory=list, repr=False)
+    node_depths: list[int] = field(default_factory=list, repr=False)
+    node_accepted: list[bool] = field(default_factory=list, repr=False)
+
+    NODE_FIELDS: ClassVar[tuple[str, ...]] = ("node_values", "node_parents", "node_depths", "node_accepted")
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in self.NODE_FIELDS}
 
 
 @dataclass
@@ -76,5 +91,5 @@ class GenerationStats:
         d = self.summary()
         d["accept_lengths"] = self.accept_lengths
         d["depths"] = self.depths
-        d["steps_detail"] = [asdict(s) for s in self.step_stats]
+        d["steps_detail"] = [s.to_dict() for s in self.step_stats]
         return d

@@ -23,6 +23,7 @@ class DraftPool:
         self._values: list[torch.Tensor] = []  # per depth: [m] float log path values
         self._parents: list[torch.Tensor] = []  # per depth: [m] pool indices (-1 = root)
         self.size = 0
+        self.beam_log_mass: torch.Tensor | None = None  # 0-d, logsumexp of the deepest beam (set by grow_pool)
         self.depth = 0
 
     def add_level(self, tokens: torch.Tensor, values: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
@@ -35,6 +36,30 @@ class DraftPool:
         self.size += m
         self.depth += 1
         return torch.arange(start, start + m, device=tokens.device)
+
+    # -- what a cost-aware policy reads (vectorised, on the pool's device) ----------------------------------------
+    def all_values(self) -> torch.Tensor:
+        """[P] log path values of every pool node, in pool order."""
+        return torch.cat(self._values)
+
+    def all_depths(self) -> torch.Tensor:
+        """[P] depth (1-based) of every pool node."""
+        return torch.cat([torch.full((v.numel(),), d + 1, dtype=torch.long, device=v.device)
+                          for d, v in enumerate(self._values)])
+
+    def level(self, d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Depth d + 1's nodes (d 0-based): tokens [m], log values [m], parents [m] (pool indices, -1 = root)."""
+        return self._tokens[d], self._values[d], self._parents[d]
+
+    def last_level_child_logp(self) -> torch.Tensor:
+        """[parents, K] log-probability of each parent's j-th best child at the deepest level (children of a
+        parent are added best first, K = the beam width); level 1's parent is the root."""
+        values = self._values[-1]
+        k = self._values[0].numel()
+        if len(self._values) == 1:
+            return values.reshape(1, -1)
+        parent_values = self.all_values()[self._parents[-1]]  # [m]
+        return (values - parent_values).reshape(-1, k)
 
     def select(self, root_token: int, n_nodes: int) -> "DraftTree":
         """Rerank: the ``n_nodes`` best nodes by (value desc, depth asc, pool index asc), ancestor-closed."""
@@ -60,20 +85,22 @@ class DraftPool:
             tokens=[root_token] + [tokens[p] for p in chosen],
             parents=[-1] + [tree_index.get(parents[p], 0) for p in chosen],
             depths=[0] + [depths[p] for p in chosen],
+            values=[0.0] + [values[p] for p in chosen],
         )
 
 
 @dataclass
 class DraftTree:
-    """Root (index 0) + selected nodes; parents[i] < i for i >= 1."""
+    """Root (index 0) + selected nodes; parents[i] < i for i >= 1; values[i] = log path value (root 0)."""
 
     tokens: list[int]
     parents: list[int]
     depths: list[int]
+    values: list[float] | None = None
 
     @classmethod
     def root_only(cls, root_token: int) -> "DraftTree":
-        return cls(tokens=[root_token], parents=[-1], depths=[0])
+        return cls(tokens=[root_token], parents=[-1], depths=[0], values=[0.0])
 
     def __len__(self) -> int:
         return len(self.tokens)

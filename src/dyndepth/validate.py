@@ -241,18 +241,23 @@ def finite_json(obj):
     return obj
 
 
-def tree_options(policy, top_k=None, total_tokens=None, max_depth=None, checks=None, threshold=None) -> dict:
+def tree_options(policy, top_k=None, total_tokens=None, max_depth=None, checks=None, threshold=None,
+                 **policy_options) -> dict:
     """Check the draft tree and depth-policy knobs against the policy they are for, before any model loads.
 
     Returns the knobs that were set, normalised (checks as a sorted tuple). Knobs that do not apply to the
     policy are refused, not ignored. With ``max_depth`` but no ``checks``, DDD keeps its default check depths
     that lie below ``max_depth``."""
-    from dyndepth.policies import POLICIES, DynamicDepth
+    from dyndepth.policies import AUTO_OPTIONS, POLICIES, DynamicDepth
 
     if not isinstance(policy, str) or policy not in POLICIES:
         raise OptionError("policy", policy, f"must be one of: {', '.join(POLICIES)}")
+    unknown = sorted(set(policy_options) - set(AUTO_OPTIONS))
+    if unknown:
+        raise OptionError(unknown[0], policy_options[unknown[0]], f"is not an option (policy options: "
+                                                                  f"{', '.join(AUTO_OPTIONS)})")
     given = {"draft top_k": top_k, "total_tokens": total_tokens, "max_depth": max_depth, "checks": checks,
-             "threshold": threshold}
+             "threshold": threshold, **policy_options}
     if policy == "plain":
         for name, value in given.items():
             if value is not None:
@@ -269,6 +274,12 @@ def tree_options(policy, top_k=None, total_tokens=None, max_depth=None, checks=N
         out["total_tokens"] = n
     if max_depth is not None:
         out["max_depth"] = integer("max_depth", max_depth, lo=1, hi=MAX_DEPTH_MAX)
+    if policy != "auto":
+        for name in AUTO_OPTIONS:
+            if given.get(name) is not None:
+                raise OptionError(name, given[name], f"applies to the 'auto' policy only, not {policy!r}")
+    else:
+        out.update(auto_options(**policy_options))
     if policy != "ddd":
         for name in ("checks", "threshold"):
             if given[name] is not None:
@@ -291,4 +302,20 @@ def tree_options(policy, top_k=None, total_tokens=None, max_depth=None, checks=N
                                                   f"({','.join(map(str, default))}) below it; pass checks below "
                                                   f"it too (e.g. checks 2,3) or use the 'fixed' policy")
         out["checks"] = c
+    return out
+
+
+def auto_options(min_depth=None, prior_strength=None, update_rate=None, cost_update_rate=None) -> dict:
+    """The auto policy's knobs (docs/ALGORITHM.md), each checked; unset ones are left out."""
+    out = {}
+    if min_depth is not None:
+        out["min_depth"] = integer("min_depth", min_depth, lo=1, hi=MAX_DEPTH_MAX)
+    if prior_strength is not None:
+        out["prior_strength"] = number("prior_strength", prior_strength, lo=0.0, lo_open=True)
+    for name, value in (("update_rate", update_rate), ("cost_update_rate", cost_update_rate)):
+        if value is not None:
+            v = number(name, value, lo=0.0, lo_open=True)
+            if v >= 1:
+                raise OptionError(name, v, "must be in (0, 1)")
+            out[name] = v
     return out

@@ -64,6 +64,12 @@ register_method(MethodSpec("ddd-cpu", "Dynamic Depth Decoding's rule (checks, th
                            "CPU-sized tree (top_k 4, total_tokens 12)", tree_factory,
                            {"policy": "ddd", "max_depth": 11, "checks": (5, 7, 9), "threshold": -0.3,
                             "top_k": 4, "total_tokens": 12}))
+register_method(MethodSpec("auto", "the cost-aware policy: each step the depth and the tree size that maximise "
+                           "expected tokens per second, from calibrated acceptance and this machine's measured "
+                           "costs; total_tokens = the largest tree it may choose (48 on CPU, 128 on CUDA)",
+                           tree_factory, {"policy": "auto", "max_depth": 11, "top_k": 10, "total_tokens": None,
+                                          "min_depth": 1, "prior_strength": 8.0, "update_rate": 0.02,
+                                          "cost_update_rate": 0.05}))
 
 
 # -- values --------------------------------------------------------------------------------------------------
@@ -80,7 +86,8 @@ def _checks(text: str) -> tuple[int, ...]:
 
 PARSERS: dict[str, Callable[[str], Any]] = {
     "policy": str, "assistant": str, "top_k": int, "max_depth": int, "total_tokens": _int_or_none,
-    "threshold": float, "checks": _checks,
+    "threshold": float, "checks": _checks, "min_depth": int, "prior_strength": float, "update_rate": float,
+    "cost_update_rate": float,
 }
 
 

@@ -12,6 +12,13 @@ The record follows FastChat / Spec-Bench (``question_id``, ``category``, ``answe
     depths          draft levels grown per step (tree methods; empty otherwise)
     prefill_time, draft_time, verify_time   seconds; other time = wall_time minus these
 
+and, for tree methods, the per-step decision data (optional fields; older files lack them)::
+
+    tree_sizes          tokens verified per step, root included (N)
+    accepted            draft nodes accepted per step (a, before stop-token trimming)
+    predicted_accepted  the policy's expected a for the tree it chose (auto; null for other policies)
+    beam_log_mass       logsumexp of the deepest beam's path log-values (DDD's H at the depth reached)
+
 The summary is computed from these records alone, so it can be recomputed from the files.
 """
 
@@ -40,6 +47,10 @@ class TurnResult:
     draft_time: float = 0.0
     verify_time: float = 0.0
     text: str = ""
+    tree_sizes: list[int] = field(default_factory=list)
+    accepted: list[int] = field(default_factory=list)
+    predicted_accepted: list[float | None] = field(default_factory=list)
+    beam_log_mass: list[float | None] = field(default_factory=list)
 
     @property
     def new_tokens(self) -> int:
@@ -57,6 +68,11 @@ def answer_record(question, model_id: str, method: str, turns: list[TurnResult])
     choice["depths"] = [list(t.depths) for t in turns]
     for name in ("prefill_time", "draft_time", "verify_time"):
         choice[name] = [round(getattr(t, name), 6) for t in turns]
+    if any(t.tree_sizes for t in turns):
+        for name in ("tree_sizes", "accepted"):
+            choice[name] = [list(getattr(t, name)) for t in turns]
+        for name in ("predicted_accepted", "beam_log_mass"):
+            choice[name] = [[None if v is None else round(v, 4) for v in getattr(t, name)] for t in turns]
     return {"question_id": question.question_id, "category": question.category,
             "answer_id": uuid.uuid4().hex[:22], "model_id": model_id, "method": method,
             "tstamp": round(time.time(), 3), "choices": [choice]}

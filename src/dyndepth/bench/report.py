@@ -80,6 +80,7 @@ def render_markdown(summary: dict, run: dict) -> str:
            "", "## Method settings", "", "| method | settings |", "|---|---|"]
     for name, settings in run["methods"].items():
         out.append(f"| {name} | {settings_text(settings)} |")
+    out += run.get("decisions_markdown") or []
     if run.get("skipped"):
         out += ["", "## Skipped", ""] + [f"- {k}: {v}" for k, v in run["skipped"].items()]
     if run.get("plots"):
@@ -90,12 +91,23 @@ def render_markdown(summary: dict, run: dict) -> str:
 
 
 def write_reports(out: Path, answers: dict[str, list[dict]], run: dict, plots: bool = True) -> dict:
+    from dyndepth.bench.decisions import decision_series, markdown_section, prediction_summary
+
     summary = summarize(answers, run["methods"], greedy=run["params"]["temperature"] == 0)
+    for name, series in decision_series(answers).items():
+        pred = prediction_summary(series)
+        if pred and name in summary["methods"]:
+            summary["methods"][name]["predictions"] = pred
+    run["decisions_markdown"] = markdown_section(answers, run.get("policy_reports") or {})
     if plots:
         try:
             from dyndepth.bench.plots import write_plots
 
-            run["plots"] = [str(p.relative_to(out)) for p in write_plots(out / "plots", summary, run["methods"])]
+            from dyndepth.bench import decisions
+
+            made = write_plots(out / "plots", summary, run["methods"])
+            made += decisions.write_plots(out / "plots", answers, run.get("policy_reports") or {})
+            run["plots"] = [str(p.relative_to(out)) for p in made]
         except ImportError as exc:
             print(f"plots skipped: {exc} (pip install matplotlib, or the 'bench' extra)", file=sys.stderr)
     doc = {"run": run, "summary": summary}

@@ -144,5 +144,6 @@ def run_benchmark(cfg: RunConfig) -> dict:
         "methods": {n: m.settings() for n, m in methods.items()},
         "method_descriptions": {p.name: p.spec.description for p in cfg.methods},
         "skipped": skipped, "answers": {n: str(p) for n, p in files.items()},
+        "policy_reports": {n: r for n, m in methods.items() if (r := getattr(m, "report", lambda: None)())},
     }
     return write_reports(cfg.out, answers, run, plots=cfg.plots)

@@ -10,7 +10,8 @@ from dyndepth.bench.base import BenchMethod, GenParams, now
 from dyndepth.bench.records import TurnResult
 from dyndepth.errors import DyndepthError
 
-TREE_KEYS = ("policy", "top_k", "total_tokens", "max_depth", "checks", "threshold")
+TREE_KEYS = ("policy", "top_k", "total_tokens", "max_depth", "checks", "threshold", "min_depth", "prior_strength",
+             "update_rate", "cost_update_rate")
 
 
 def tree_kwargs(settings: dict) -> dict:
@@ -19,6 +20,9 @@ def tree_kwargs(settings: dict) -> dict:
     kwargs = {k: settings.get(k) for k in TREE_KEYS if k != "policy"}
     if policy != "ddd":  # checks/threshold only mean something to DDD
         kwargs.pop("checks"), kwargs.pop("threshold")
+    if policy != "auto":
+        for key in ("min_depth", "prior_strength", "update_rate", "cost_update_rate"):
+            kwargs.pop(key)
     if policy == "plain":
         kwargs = {}
     return {k: v for k, v in kwargs.items() if v is not None}
@@ -63,7 +67,20 @@ class TreeMethod(BenchMethod):
         return TurnResult(token_ids=list(out.token_ids), wall_time=wall, steps=st.steps,
                           accept_lengths=st.accept_lengths, depths=st.depths if self.decoder.head else [],
                           prefill_time=st.prefill_time_s, draft_time=st.draft_time_s,
-                          verify_time=st.verify_time_s, text=out.text or "")
+                          verify_time=st.verify_time_s, text=out.text or "",
+                          **(_decisions(st) if self.decoder.head else {}))
+
+    def report(self) -> dict | None:
+        """The auto policy's calibration and cost model after the run (None for the other policies)."""
+        policy = self.decoder.policy
+        return policy.report() if hasattr(policy, "report") else None
+
+
+def _decisions(stats) -> dict:
+    steps = stats.step_stats
+    return {"tree_sizes": [s.tree_size for s in steps], "accepted": [s.accepted for s in steps],
+            "predicted_accepted": [s.predicted_accepted for s in steps],
+            "beam_log_mass": [s.beam_log_mass for s in steps]}
 
 
 def tree_factory(ctx, name: str, settings: dict) -> TreeMethod:

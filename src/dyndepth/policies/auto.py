@@ -1,0 +1,144 @@
+"""``auto``: the cost-aware policy. Each step it grows the tree while one more level raises the expected rate, then
+verifies the number of nodes that maximises it.
+
+    rate(tree) = E[tokens committed] / (t_draft(levels) + t_verify(N))
+    E[tokens]  = 1 + sum over the tree's nodes of P(node accepted)      (a node is accepted iff its whole path is)
+
+P(node accepted) comes from the calibration map (calibration.py): the learned conditional acceptance of each step
+of the node's path, multiplied along it; the times from the cost model (costs.py). The tree of N tokens is the root plus the N-1 best pool nodes by path value (the rerank's
+order, so E is computed over exactly the nodes that would be verified), and for a pool
+
+    best(pool, levels) = max over n of (1 + cumsum(P sorted by value)[n-1]) / (t_draft(levels) + t_verify(n + 1))
+
+After level d is grown, the next level is predicted without running it: each beam node's j-th best child gets the
+path value  beam value + l_j  and P = P(beam node) * g(d + 1, l_j), where l_j is the mean log-probability of the
+j-th best child over the parents of the level just grown. Growth goes on while best(pool + predicted level, d + 1) > best(pool, d), and never past
+``max_depth``. ``tree_size`` then returns the argmax N of best(pool, depth), at most the decoder's total_tokens.
+``observe`` feeds each step's verified nodes to the calibration and its measured times to the cost model.
+
+Everything per decision is a few vectorised ops over the pool's values (no per-node Python); like DDD's check it
+reads one scalar back per level on CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from dyndepth.errors import DyndepthError
+from dyndepth.policies.base import DepthPolicy
+from dyndepth.policies.calibration import AcceptanceCalibration
+from dyndepth.policies.costs import CostModel
+
+
+@dataclass
+class CostAwarePolicy(DepthPolicy):
+    name = "auto"
+    max_depth: int = 11  # most draft levels per step
+    min_depth: int = 1  # levels always grown (level 1 comes with the root forward)
+    prior_strength: float = 8.0  # pseudo-count of the calibration prior per cell (draft value = acceptance)
+    update_rate: float = 0.02  # calibration memory: counts decay by 1 - update_rate per step (~50 steps)
+    cost_update_rate: float = 0.05  # online correction of the measured cost curves (EMA of measured / predicted)
+    costs: CostModel | None = field(default=None, repr=False)
+    calibration: AcceptanceCalibration | None = field(default=None, repr=False)
+    n_max: int = 64  # set by the decoder to its total_tokens
+    last: dict = field(default_factory=dict, repr=False)  # the latest step's decision (for the stats)
+    _pool: object = field(default=None, repr=False)  # the pool whose node probabilities _p holds
+    _p: torch.Tensor = field(default_factory=lambda: torch.zeros(0), repr=False)
+    _table: torch.Tensor | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.max_depth < 1 or not 1 <= self.min_depth <= self.max_depth:
+            raise DyndepthError(f"auto: need 1 <= min_depth <= max_depth, got {self.min_depth}, {self.max_depth}")
+        if not self.prior_strength > 0 or not 0 < self.update_rate < 1 or not 0 < self.cost_update_rate < 1:
+            raise DyndepthError("auto: prior_strength must be > 0 and the update rates in (0, 1)")
+        if self.calibration is None:
+            self.calibration = AcceptanceCalibration(self.prior_strength, self.update_rate)
+
+    def prepare(self, decoder) -> None:
+        self.n_max = decoder.total_tokens
+        if self.costs is None:
+            from dyndepth.policies.costs import load_or_probe
+
+            self.costs = load_or_probe(decoder, update_rate=self.cost_update_rate)
+        self.costs.update_rate = self.cost_update_rate
+
+    # -- the rate of a pool -----------------------------------------------------------------------------------
+    def best(self, values: torch.Tensor, p_accept: torch.Tensor, levels: int) -> tuple[float, int, float]:
+        """values [P] log path values, p_accept [P] -> (best rate, its N (root included), its E[tokens] - 1)."""
+        order = torch.argsort(values.float(), descending=True, stable=True)[: self.n_max - 1]
+        gain = torch.cumsum(p_accept[order].float().cpu(), 0)  # [n] E[accepted] with the n best nodes
+        expected = torch.cat([torch.zeros(1), gain]) + 1.0  # [n + 1]: index n = n drafted nodes verified
+        n_tokens = torch.arange(1, expected.numel() + 1)  # root + n nodes
+        seconds = self.costs.draft_time(levels) + self.costs.verify_time(n_tokens)
+        rate = expected / seconds
+        i = int(torch.argmax(rate))
+        return float(rate[i]), i + 1, float(expected[i] - 1.0)
+
+    def _pool_p(self, pool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values [P], P(accepted) [P]) of the pool's nodes; each level is computed once per step."""
+        if self._pool is not pool:
+            self._pool, self._p, self._table = pool, torch.zeros(0), self.calibration.table()
+        values = pool.all_values()
+        while self._p.numel() < pool.size:
+            d = int(pool.all_depths()[self._p.numel()]) - 1  # the next level not yet computed (0-based)
+            _, v, parents = pool.level(d)
+            if d == 0:
+                parent_p, parent_v = torch.ones(v.numel()), torch.zeros_like(v)
+            else:
+                parent_p, parent_v = self._p[parents.cpu()], values[parents]
+            depth = torch.full((v.numel(),), d + 1, dtype=torch.long)
+            g = self.calibration.conditional(v - parent_v, depth, self._table).cpu()
+            self._p = torch.cat([self._p, parent_p * g])
+        return values, self._p
+
+    # -- the policy interface ----------------------------------------------------------------------------------
+    def should_stop(self, depth, beam_log_values, pool=None):
+        if pool is None or self.costs is None:
+            raise DyndepthError("the auto policy needs the draft pool and a cost model (SpeculativeDecoder sets both)")
+        if depth < self.min_depth:
+            return False
+        values, p = self._pool_p(pool)
+        now, _, _ = self.best(values, p, depth)
+        _, last_v, _ = pool.level(depth - 1)
+        k = beam_log_values.numel()
+        beam = torch.topk(last_v, k).indices  # the beam = the best k nodes of the deepest level (as draft.py)
+        offset = pool.size - last_v.numel()
+        beam_v, beam_p = last_v[beam], p[(beam + offset).cpu()]  # [K], [K]
+        child = pool.last_level_child_logp().mean(0)  # [K] mean log-prob of the j-th best child
+        nxt_v = (beam_v.float()[:, None] + child[None, :]).flatten()  # [K*K]
+        g = self.calibration.conditional(child, torch.full((child.numel(),), depth + 1, dtype=torch.long),
+                                         self._table).cpu()
+        nxt_p = (beam_p[:, None] * g[None, :]).flatten()
+        later, _, _ = self.best(torch.cat([values, nxt_v]), torch.cat([p, nxt_p]), depth + 1)
+        return later <= now
+
+    def tree_size(self, pool, n_max):
+        values, p = self._pool_p(pool)
+        rate, n, expected = self.best(values, p, pool.depth)
+        n = max(1, min(n, n_max))
+        self.last = {"chosen_n": n, "predicted_accepted": round(expected, 4), "predicted_rate": round(rate, 3)}
+        return n
+
+    def prediction(self) -> float | None:
+        return self.last.get("predicted_accepted")
+
+    def observe(self, step) -> None:
+        if step.node_values:
+            self.calibration.update([0.0] + list(step.node_values), [-1] + list(step.node_parents),
+                                    [0] + list(step.node_depths), [True] + list(step.node_accepted))
+        if self.costs is not None and step.depth > 0:
+            self.costs.observe(step.tree_size, step.verify_time_s, step.depth, step.draft_time_s)
+
+    def describe(self) -> dict:
+        return {"policy": self.name, "max_depth": self.max_depth, "min_depth": self.min_depth,
+                "prior_strength": self.prior_strength, "update_rate": self.update_rate,
+                "cost_update_rate": self.cost_update_rate}
+
+    def report(self) -> dict:
+        """Calibration quality and the cost model at the end of a run (for bench summaries)."""
+        return {"reliability": self.calibration.reliability(), "calibration": self.calibration.to_dict(),
+                "costs": self.costs.to_dict() if self.costs else None,
+                "verify_scale": round(self.costs.verify_scale, 4) if self.costs else None,
+                "draft_scale": round(self.costs.draft_scale, 4) if self.costs else None}

@@ -1,0 +1,226 @@
+"""The cost-aware `auto` policy, driven without a model: synthetic cost curves and synthetic acceptance. Then the
+same policy inside the real loop: lossless greedy decoding and the probe of the cost model."""
+
+import pytest
+import torch
+
+from dyndepth.policies import CostAwarePolicy, make_policy
+from dyndepth.policies.calibration import AcceptanceCalibration
+from dyndepth.policies.costs import CostModel
+from dyndepth.tree import DraftPool
+
+K = 6
+N_MAX = 64
+SIZES = [1, 2, 4, 8, 16, 32, 64]
+
+
+def cost_curve(verify_base: float, verify_per_token: float, draft_level: float) -> CostModel:
+    return CostModel(SIZES, [verify_base + verify_per_token * (n - 1) for n in SIZES], draft_base_s=draft_level,
+                     draft_level_s=draft_level)
+
+
+CONFIDENT = (0.9, 0.08, 0.005, 0.005, 0.005, 0.005)  # draft probabilities of a parent's K children, best first
+SPREAD = (0.75, 0.2, 0.02, 0.01, 0.01, 0.01)
+UNSURE = (0.6, 0.3, 0.05, 0.02, 0.02, 0.01)
+
+
+def grow(policy: CostAwarePolicy, children: tuple[float, ...]) -> tuple[int, int]:
+    """Grow a pool the way draft.grow_pool does, every parent with the same child distribution; return the depth
+    the policy stops at and the tree size it chooses."""
+    logp = torch.log(torch.tensor(children))
+    pool = DraftPool()
+    beam_pool = pool.add_level(torch.arange(K), logp, torch.full((K,), -1))
+    beam_values = logp
+    depth = 1
+    while depth < policy.max_depth and not policy.should_stop(depth, beam_values, pool):
+        child_values = beam_values[:, None] + logp[None, :]  # [K, K]
+        child_pool = pool.add_level(torch.arange(K * K), child_values, beam_pool[:, None].expand(-1, K))
+        beam_values, flat = torch.topk(child_values.flatten(), K)
+        beam_pool = child_pool[flat]
+        depth += 1
+    return depth, policy.tree_size(pool, N_MAX)
+
+
+def auto(costs: CostModel, **kw) -> CostAwarePolicy:
+    p = CostAwarePolicy(costs=costs, **kw)
+    p.n_max = N_MAX
+    return p
+
+
+FLAT = dict(verify_base=0.100, verify_per_token=0.0002, draft_level=0.002)  # GPU-like: verify nearly flat in N
+STEEP = dict(verify_base=0.100, verify_per_token=0.015, draft_level=0.03)  # slow CPU: every node costs
+
+
+def test_deep_and_large_trees_when_acceptance_is_high_and_verification_flat():
+    depth, n = grow(auto(cost_curve(**FLAT)), CONFIDENT)
+    assert depth >= 8 and n >= 32
+
+
+def test_shallow_small_trees_when_verification_is_steep():
+    depth, n = grow(auto(cost_curve(**STEEP)), UNSURE)
+    assert depth <= 3 and n <= 8
+    high, _ = grow(auto(cost_curve(**STEEP)), CONFIDENT)
+    assert high > depth  # still deeper when the draft is reliable
+    flat_depth, flat_n = grow(auto(cost_curve(**FLAT)), UNSURE)
+    assert flat_depth > depth and flat_n > n  # the same draft, a flat curve: a bigger tree
+
+
+def test_the_choice_is_the_argmax_of_the_rate():
+    """tree_size returns the N that maximises E[tokens] / time over the pool, by brute force."""
+    costs = cost_curve(**STEEP)
+    policy = auto(costs)
+    depth, n = grow(policy, SPREAD)
+    assert 1 <= n <= N_MAX and policy.prediction() <= n - 1
+    expected = 1 + policy.prediction()
+    rate = expected / (costs.draft_time(depth) + float(costs.verify_time(torch.tensor([n]))[0]))
+    assert policy.last["predicted_rate"] == pytest.approx(rate, rel=1e-3)
+    for other in (max(1, n - 1), min(N_MAX, n + 1)):  # a neighbouring size is no better
+        policy.n_max = other
+        assert policy.best(*policy._pool_p(_pool_of(depth, SPREAD)), depth)[0] <= rate * (1 + 1e-4)
+
+
+def _pool_of(depth: int, children) -> DraftPool:
+    logp = torch.log(torch.tensor(children))
+    pool = DraftPool()
+    beam_pool = pool.add_level(torch.arange(K), logp, torch.full((K,), -1))
+    beam_values = logp
+    for _ in range(depth - 1):
+        child_values = beam_values[:, None] + logp[None, :]
+        child_pool = pool.add_level(torch.arange(K * K), child_values, beam_pool[:, None].expand(-1, K))
+        beam_values, flat = torch.topk(child_values.flatten(), K)
+        beam_pool = child_pool[flat]
+    return pool
+
+
+def _verify_synthetic(policy, children, p_accept: float, gen) -> None:
+    """One step of the loop without a model: grow, choose, and tell the policy which chosen nodes were accepted
+    (each independently with probability p_accept; enough to move the calibration)."""
+    depth, n = grow(policy, children)
+    tree = _pool_of(depth, children).select(0, n - 1)
+    tried = torch.rand(len(tree), generator=gen) < p_accept  # accepted if tried, and tried if the parent was
+    accepted = [True]
+    for i in range(1, len(tree)):
+        accepted.append(bool(accepted[tree.parents[i]] and tried[i]))
+    policy.calibration.update(tree.values, tree.parents, tree.depths, accepted)
+
+
+def test_follows_a_drop_in_acceptance():
+    policy = auto(cost_curve(0.1, 0.002, 0.01), update_rate=0.05)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(30):  # the target agrees with the draft as often as the draft believes
+        _verify_synthetic(policy, CONFIDENT, 0.85, gen)
+    before = grow(policy, CONFIDENT)
+    for _ in range(60):  # then it starts rejecting most of what the same draft proposes (a new domain)
+        _verify_synthetic(policy, CONFIDENT, 0.1, gen)
+    after = grow(policy, CONFIDENT)
+    assert after[0] < before[0] and after[1] < before[1]
+    for _ in range(150):  # and back: the map follows again
+        _verify_synthetic(policy, CONFIDENT, 0.85, gen)
+    assert grow(policy, CONFIDENT)[0] > after[0]
+
+
+def test_follows_a_change_of_cost():
+    costs = cost_curve(0.1, 0.002, 0.01)
+    policy = auto(costs, cost_update_rate=0.2)
+    before = grow(policy, SPREAD)
+    for _ in range(40):  # drafting got 10x slower than probed (another process, a slower core)
+        pred = costs.draft_base_s + 4 * costs.draft_level_s
+        costs.observe(tree_size=16, verify_s=float(costs.verify_time(torch.tensor([16]))[0]), levels=4,
+                      draft_s=10 * pred)
+    assert costs.draft_scale > 5
+    after = grow(policy, SPREAD)
+    assert after[0] < before[0]
+
+
+def test_calibration_learns_a_biased_draft():
+    """The draft claims q for each step; the target accepts with q / 2. The conditional map learns it, and the
+    path probabilities multiply along the path (so they fall with depth like the truth)."""
+    cal = AcceptanceCalibration(prior_strength=4.0, update_rate=0.001)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(1500):  # chains of 6 nodes with random conditional draft probabilities
+        q = torch.rand(6, generator=g) * 0.98 + 0.02
+        values = torch.cat([torch.zeros(1), torch.cumsum(q.log(), 0)])
+        accepted = [True]
+        for i in range(6):
+            accepted.append(accepted[-1] and bool(torch.rand((), generator=g) < 0.5 * q[i]))
+        cal.update(values, torch.arange(-1, 6), torch.arange(0, 7), accepted)
+    probe = torch.log(torch.tensor([0.95, 0.5, 0.15]))
+    pred = cal.conditional(probe, torch.tensor([1, 1, 1]))
+    assert torch.allclose(pred, 0.5 * probe.exp(), atol=0.1)
+    values = torch.cat([torch.zeros(1), torch.cumsum(torch.log(torch.tensor([0.9, 0.9, 0.9])), 0)])
+    p = cal.tree_probs(values, torch.tensor([-1, 0, 1, 2]), torch.tensor([0, 1, 2, 3]))
+    assert p[0] == 1 and torch.all(p[1:] <= p[:-1])
+    assert torch.allclose(p, torch.tensor([1.0, 0.45, 0.45**2, 0.45**3]), atol=0.05)  # the truth: (q / 2)^depth
+    rows = cal.reliability()
+    assert sum(r["nodes"] for r in rows) == 1500 * 6
+
+
+def test_cost_model_interpolates_and_extrapolates():
+    c = CostModel([1, 4, 8], [0.1, 0.13, 0.17], 0.01, 0.02)
+    t = c.verify_time(torch.tensor([1, 2, 4, 6, 8, 12]))
+    assert torch.allclose(t, torch.tensor([0.1, 0.11, 0.13, 0.15, 0.17, 0.21]), atol=1e-6)
+    assert c.draft_time(3) == pytest.approx(0.07)
+    with pytest.raises(ValueError):
+        CostModel([2, 4], [0.1, 0.2], 0.0, 0.0)
+
+
+def test_make_policy_and_options():
+    p = make_policy("auto", max_depth=7, prior_strength=2.0)
+    assert isinstance(p, CostAwarePolicy) and p.max_depth == 7 and p.calibration.prior_strength == 2.0
+    from dyndepth.errors import DyndepthError
+
+    with pytest.raises(DyndepthError):
+        make_policy("ddd", prior_strength=2.0)
+
+
+# -- in the loop ---------------------------------------------------------------------------------------------------
+def _hf_greedy(target, prompt, n):
+    out = target.model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
+                                eos_token_id=sorted(target.stop_token_ids()) or None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_auto_is_lossless_and_varies_the_tree(arch):
+    from dyndepth.decoder import SpeculativeDecoder
+    from oracle_head import OracleHead
+    from tiny_models import VOCAB, tiny_target
+
+    target = tiny_target(arch)
+    g = torch.Generator().manual_seed(5)
+    sizes, depths = set(), set()
+    for noise in (0.0, 0.8):
+        prompt = torch.randint(1, VOCAB - 1, (10,), generator=g).tolist()
+        policy = CostAwarePolicy(costs=cost_curve(0.01, 0.001, 0.001), max_depth=8)
+        dec = SpeculativeDecoder(target, OracleHead(target, prompt[0], noise=noise), policy=policy, top_k=3,
+                                 total_tokens=16)
+        out = dec.generate(prompt, max_new_tokens=40)
+        assert out.token_ids == _hf_greedy(target, prompt, 40)
+        sizes |= {s.tree_size for s in out.stats.step_stats}
+        depths |= {s.depth for s in out.stats.step_stats}
+        assert all(s.predicted_accepted is not None for s in out.stats.step_stats)
+        assert all(len(s.node_values) == s.tree_size - 1 for s in out.stats.step_stats)
+    assert len(sizes) > 1 and len(depths) > 1  # the decision really changes from step to step
+
+
+def test_probe_measures_and_caches_costs(tmp_path, monkeypatch):
+    from dyndepth.decoder import SpeculativeDecoder
+    from dyndepth.head import DraftHead, head_config
+    from dyndepth.policies import costs as costs_mod
+    from tiny_models import tiny_target
+
+    monkeypatch.setenv("DYNDEPTH_HOME", str(tmp_path))
+    target = tiny_target("llama")
+    head = DraftHead(head_config(target.config))
+    dec = SpeculativeDecoder(target, head, policy="auto", top_k=3, total_tokens=12)
+    c = dec.policy.costs
+    assert c.sizes[0] == 1 and c.sizes[-1] == 12 and all(t > 0 for t in c.verify_s)
+    assert c.draft_level_s > 0
+    files = list((tmp_path / "costs").glob("*.json"))
+    assert len(files) == 1
+    calls = []
+    monkeypatch.setattr(costs_mod, "probe", lambda *a, **k: calls.append(1))
+    again = SpeculativeDecoder(target, head, policy="auto", top_k=3, total_tokens=12)
+    assert calls == [] and again.policy.costs.verify_s == pytest.approx(c.verify_s, abs=1e-6)  # from the cache
+    out = again.generate([5, 6, 7], max_new_tokens=8, temperature=0.0)
+    assert out.token_ids == _hf_greedy(target, [5, 6, 7], 8)
