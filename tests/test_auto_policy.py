@@ -164,6 +164,46 @@ def test_cost_model_interpolates_and_extrapolates():
         CostModel([2, 4], [0.1, 0.2], 0.0, 0.0)
 
 
+def grow_levels(policy: CostAwarePolicy, levels: list[tuple[float, ...]]) -> tuple[int, int]:
+    """As grow, but the children's distribution depends on the depth: levels[d] for depth d + 1 (the last repeats)."""
+    pool = DraftPool()
+    logp = torch.log(torch.tensor(levels[0]))
+    beam_pool = pool.add_level(torch.arange(K), logp, torch.full((K,), -1))
+    beam_values = logp
+    depth = 1
+    while depth < policy.max_depth and not policy.should_stop(depth, beam_values, pool):
+        logp = torch.log(torch.tensor(levels[min(depth, len(levels) - 1)]))
+        child_values = beam_values[:, None] + logp[None, :]  # [K, K]
+        child_pool = pool.add_level(torch.arange(K * K), child_values, beam_pool[:, None].expand(-1, K))
+        beam_values, flat = torch.topk(child_values.flatten(), K)
+        beam_pool = child_pool[flat]
+        depth += 1
+    return depth, policy.tree_size(pool, N_MAX)
+
+
+THIN = (0.3, 0.25, 0.2, 0.15, 0.05, 0.05)  # an unsure first level ...
+SURE = (0.97, 0.01, 0.005, 0.005, 0.005, 0.005)  # ... over confident deeper ones (the middle of a word, say)
+
+
+def test_deeper_levels_are_predicted_from_what_they_were_before():
+    """Seen alone, a thin first level predicts a thin second one, so growth stops at depth 1. Once the policy has
+    seen that the levels below are confident (running means per depth), the same first level is grown past."""
+    policy = auto(cost_curve(0.1, 0.007, 0.01))
+    fresh = grow_levels(policy, [THIN, SURE])
+    assert fresh[0] == 1
+    policy.min_depth = 8  # a few steps that grow deep whatever the rule says, to show the policy the levels below
+    for _ in range(5):
+        grow_levels(policy, [THIN, SURE])
+    policy.min_depth = 1
+    depth, n = grow_levels(policy, [THIN, SURE])
+    assert depth >= 5 and n > fresh[1]
+    for _ in range(40):  # and when the deeper levels turn thin as well, the running means follow
+        policy.min_depth = 8
+        grow_levels(policy, [THIN, THIN])
+    policy.min_depth = 1
+    assert grow_levels(policy, [THIN, THIN])[0] < depth
+
+
 def test_make_policy_and_options():
     p = make_policy("auto", max_depth=7, prior_strength=2.0)
     assert isinstance(p, CostAwarePolicy) and p.max_depth == 7 and p.calibration.prior_strength == 2.0
@@ -171,6 +211,9 @@ def test_make_policy_and_options():
 
     with pytest.raises(DyndepthError):
         make_policy("ddd", prior_strength=2.0)
+    assert make_policy("auto", lookahead=3).lookahead == 3
+    with pytest.raises(DyndepthError):
+        make_policy("auto", lookahead=0)
 
 
 # -- in the loop ---------------------------------------------------------------------------------------------------

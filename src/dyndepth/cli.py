@@ -35,7 +35,7 @@ def _optional_command_modules():
     import importlib
 
     names = ["dyndepth.generate_cli", "dyndepth.demo", "dyndepth.train.cli", "dyndepth.bench.cli",
-             "dyndepth.serve.cli"]
+             "dyndepth.policies.calibrate_cli", "dyndepth.serve.cli"]
     modules = []
     for name in names:
         try:

@@ -305,11 +305,13 @@ def tree_options(policy, top_k=None, total_tokens=None, max_depth=None, checks=N
     return out
 
 
-def auto_options(min_depth=None, prior_strength=None, update_rate=None, cost_update_rate=None) -> dict:
+def auto_options(min_depth=None, lookahead=None, prior_strength=None, update_rate=None, cost_update_rate=None) -> dict:
     """The auto policy's knobs (docs/ALGORITHM.md), each checked; unset ones are left out."""
     out = {}
     if min_depth is not None:
         out["min_depth"] = integer("min_depth", min_depth, lo=1, hi=MAX_DEPTH_MAX)
+    if lookahead is not None:
+        out["lookahead"] = integer("lookahead", lookahead, lo=1, hi=MAX_DEPTH_MAX)
     if prior_strength is not None:
         out["prior_strength"] = number("prior_strength", prior_strength, lo=0.0, lo_open=True)
     for name, value in (("update_rate", update_rate), ("cost_update_rate", cost_update_rate)):

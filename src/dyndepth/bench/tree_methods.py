@@ -11,7 +11,7 @@ from dyndepth.bench.records import TurnResult
 from dyndepth.errors import DyndepthError
 
 TREE_KEYS = ("policy", "top_k", "total_tokens", "max_depth", "checks", "threshold", "min_depth", "prior_strength",
-             "update_rate", "cost_update_rate")
+             "update_rate", "cost_update_rate", "lookahead")
 
 
 def tree_kwargs(settings: dict) -> dict:
@@ -21,7 +21,7 @@ def tree_kwargs(settings: dict) -> dict:
     if policy != "ddd":  # checks/threshold only mean something to DDD
         kwargs.pop("checks"), kwargs.pop("threshold")
     if policy != "auto":
-        for key in ("min_depth", "prior_strength", "update_rate", "cost_update_rate"):
+        for key in ("min_depth", "lookahead", "prior_strength", "update_rate", "cost_update_rate"):
             kwargs.pop(key)
     if policy == "plain":
         kwargs = {}

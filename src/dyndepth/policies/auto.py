@@ -1,19 +1,27 @@
-"""``auto``: the cost-aware policy. Each step it grows the tree while one more level raises the expected rate, then
+"""``auto``: the cost-aware policy. Each step it grows the tree while more levels raise the expected rate, then
 verifies the number of nodes that maximises it.
 
     rate(tree) = E[tokens committed] / (t_draft(levels) + t_verify(N))
     E[tokens]  = 1 + sum over the tree's nodes of P(node accepted)      (a node is accepted iff its whole path is)
 
 P(node accepted) comes from the calibration map (calibration.py): the learned conditional acceptance of each step
-of the node's path, multiplied along it; the times from the cost model (costs.py). The tree of N tokens is the root plus the N-1 best pool nodes by path value (the rerank's
-order, so E is computed over exactly the nodes that would be verified), and for a pool
+of the node's path, multiplied along it; the times from the cost model (costs.py). The tree of N tokens is the
+root plus the N-1 best pool nodes by path value (the rerank's order, so E is computed over exactly the nodes that
+would be verified), and for a pool
 
     best(pool, levels) = max over n of (1 + cumsum(P sorted by value)[n-1]) / (t_draft(levels) + t_verify(n + 1))
 
-After level d is grown, the next level is predicted without running it: each beam node's j-th best child gets the
-path value  beam value + l_j  and P = P(beam node) * g(d + 1, l_j), where l_j is the mean log-probability of the
-j-th best child over the parents of the level just grown. Growth goes on while best(pool + predicted level, d + 1) > best(pool, d), and never past
-``max_depth``. ``tree_size`` then returns the argmax N of best(pool, depth), at most the decoder's total_tokens.
+After level d is grown, the next levels are predicted without running them: the beam node of rank i (by value)
+gets as its j-th best child the path value  beam value + l[d + 1, i, j]  and P = P(beam node) * g(d + 1, l[d + 1,
+i, j]), where l[d, i, j] is a running mean (rate CHILD_RATE) of the log-probability of the j-th best child of the
+rank-i beam node at depth d over earlier steps (the children of a confident node are themselves confident, and
+deep levels differ from shallow ones); until depth d + 1 has been grown once, the level just grown stands in. A
+predicted level's beam is its k best predicted nodes. Growth goes on while
+
+    best(pool + predicted levels d + 1 .. d + j, d + j) > best(pool, d)   for some j <= lookahead
+
+(a level that adds little can still open a confident one below it), and never past ``max_depth``.
+``tree_size`` then returns the argmax N of best(pool, depth), at most the decoder's total_tokens.
 ``observe`` feeds each step's verified nodes to the calibration and its measured times to the cost model.
 
 Everything per decision is a few vectorised ops over the pool's values (no per-node Python); like DDD's check it
@@ -31,12 +39,15 @@ from dyndepth.policies.base import DepthPolicy
 from dyndepth.policies.calibration import AcceptanceCalibration
 from dyndepth.policies.costs import CostModel
 
+CHILD_RATE = 0.1  # memory of the running mean of children's log-probabilities per (depth, beam rank, child rank)
+
 
 @dataclass
 class CostAwarePolicy(DepthPolicy):
     name = "auto"
     max_depth: int = 11  # most draft levels per step
     min_depth: int = 1  # levels always grown (level 1 comes with the root forward)
+    lookahead: int = 2  # levels predicted ahead: grow while the best rate within this many more levels is higher
     prior_strength: float = 8.0  # pseudo-count of the calibration prior per cell (draft value = acceptance)
     update_rate: float = 0.02  # calibration memory: counts decay by 1 - update_rate per step (~50 steps)
     cost_update_rate: float = 0.05  # online correction of the measured cost curves (EMA of measured / predicted)
@@ -47,8 +58,11 @@ class CostAwarePolicy(DepthPolicy):
     _pool: object = field(default=None, repr=False)  # the pool whose node probabilities _p holds
     _p: torch.Tensor = field(default_factory=lambda: torch.zeros(0), repr=False)
     _table: torch.Tensor | None = field(default=None, repr=False)
+    _child: dict = field(default_factory=dict, repr=False)  # depth -> [rows, K] running mean child log-probs
 
     def __post_init__(self):
+        if self.lookahead < 1:
+            raise DyndepthError(f"auto: lookahead must be >= 1, got {self.lookahead}")
         if self.max_depth < 1 or not 1 <= self.min_depth <= self.max_depth:
             raise DyndepthError(f"auto: need 1 <= min_depth <= max_depth, got {self.min_depth}, {self.max_depth}")
         if not self.prior_strength > 0 or not 0 < self.update_rate < 1 or not 0 < self.cost_update_rate < 1:
@@ -70,8 +84,7 @@ class CostAwarePolicy(DepthPolicy):
         order = torch.argsort(values.float(), descending=True, stable=True)[: self.n_max - 1]
         gain = torch.cumsum(p_accept[order].float().cpu(), 0)  # [n] E[accepted] with the n best nodes
         expected = torch.cat([torch.zeros(1), gain]) + 1.0  # [n + 1]: index n = n drafted nodes verified
-        n_tokens = torch.arange(1, expected.numel() + 1)  # root + n nodes
-        seconds = self.costs.draft_time(levels) + self.costs.verify_time(n_tokens)
+        seconds = self.costs.draft_time(levels) + self.costs.verify_curve(self.n_max)[: expected.numel()]  # root + n
         rate = expected / seconds
         i = int(torch.argmax(rate))
         return float(rate[i]), i + 1, float(expected[i] - 1.0)
@@ -93,26 +106,56 @@ class CostAwarePolicy(DepthPolicy):
             self._p = torch.cat([self._p, parent_p * g])
         return values, self._p
 
+    def _predicted_children(self, pool, depth: int, k: int) -> torch.Tensor:
+        """[K, K] predicted log-probabilities of the children of level ``depth``'s beam (rows by beam rank), and
+        the running mean of level ``depth``'s own children updated with what was just grown."""
+        seen = pool.last_level_child_logp().float().cpu()  # [rows, K]: rows = 1 at depth 1, else K
+        mean = self._child.get(depth)
+        self._child[depth] = seen.clone() if mean is None or mean.shape != seen.shape else \
+            mean.lerp_(seen, CHILD_RATE)
+        return self._child_mean(depth + 1, k, seen)
+
+    def _child_mean(self, depth: int, k: int, fallback: torch.Tensor | None = None) -> torch.Tensor:
+        """[K, K] the running mean of depth ``depth``'s children's log-probs; before that depth was ever grown,
+        the deepest level recorded (or ``fallback``) stands in."""
+        mean = self._child.get(depth)
+        if mean is not None and mean.shape == (k, k):
+            return mean
+        if fallback is None:
+            deeper = [d for d, m in self._child.items() if d < depth and m.shape == (k, k)]
+            fallback = self._child[max(deeper)] if deeper else self._child[min(self._child)]
+        return fallback.mean(0, keepdim=True).expand(k, -1) if fallback.shape[0] != k else fallback
+
     # -- the policy interface ----------------------------------------------------------------------------------
     def should_stop(self, depth, beam_log_values, pool=None):
         if pool is None or self.costs is None:
             raise DyndepthError("the auto policy needs the draft pool and a cost model (SpeculativeDecoder sets both)")
+        k = beam_log_values.numel()
+        seen = self._predicted_children(pool, depth, k)  # records level depth's children, predicts depth + 1's
         if depth < self.min_depth:
             return False
         values, p = self._pool_p(pool)
         now, _, _ = self.best(values, p, depth)
         _, last_v, _ = pool.level(depth - 1)
-        k = beam_log_values.numel()
         beam = torch.topk(last_v, k).indices  # the beam = the best k nodes of the deepest level (as draft.py)
         offset = pool.size - last_v.numel()
         beam_v, beam_p = last_v[beam], p[(beam + offset).cpu()]  # [K], [K]
-        child = pool.last_level_child_logp().mean(0)  # [K] mean log-prob of the j-th best child
-        nxt_v = (beam_v.float()[:, None] + child[None, :]).flatten()  # [K*K]
-        g = self.calibration.conditional(child, torch.full((child.numel(),), depth + 1, dtype=torch.long),
-                                         self._table).cpu()
-        nxt_p = (beam_p[:, None] * g[None, :]).flatten()
-        later, _, _ = self.best(torch.cat([values, nxt_v]), torch.cat([p, nxt_p]), depth + 1)
-        return later <= now
+        all_v, all_p = values.float().cpu(), p
+        beam_v, beam_p = beam_v.float().cpu(), beam_p
+        for ahead in range(1, min(self.lookahead, self.max_depth - depth) + 1):  # predicted levels, never grown
+            d = depth + ahead
+            child = seen if ahead == 1 else self._child_mean(d, k)  # [K, K]
+            nxt_v = (beam_v[:, None] + child).flatten()  # [K*K]
+            g = self.calibration.conditional(child.flatten(), torch.full((child.numel(),), d, dtype=torch.long),
+                                             self._table)
+            nxt_p = (beam_p[:, None] * g.reshape(k, k)).flatten()
+            all_v, all_p = torch.cat([all_v, nxt_v]), torch.cat([all_p, nxt_p])
+            later, _, _ = self.best(all_v, all_p, d)
+            if later > now:
+                return False
+            beam_v, top = torch.topk(nxt_v, k)  # the predicted level's beam
+            beam_p = nxt_p[top]
+        return True
 
     def tree_size(self, pool, n_max):
         values, p = self._pool_p(pool)
@@ -133,6 +176,7 @@ class CostAwarePolicy(DepthPolicy):
 
     def describe(self) -> dict:
         return {"policy": self.name, "max_depth": self.max_depth, "min_depth": self.min_depth,
+                "lookahead": self.lookahead,
                 "prior_strength": self.prior_strength, "update_rate": self.update_rate,
                 "cost_update_rate": self.cost_update_rate}
 

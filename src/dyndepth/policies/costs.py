@@ -41,6 +41,7 @@ class CostModel:
             raise ValueError("cost sizes must start at 1 and ascend")
         self._n = torch.tensor(self.sizes, dtype=torch.float32)
         self._t = torch.tensor(self.verify_s, dtype=torch.float32)
+        self._curve: torch.Tensor | None = None  # verify_curve's interpolation, unscaled
 
     # -- prediction (vectorised over N) -------------------------------------------------------------------
     def verify_time(self, n: torch.Tensor) -> torch.Tensor:
@@ -50,6 +51,12 @@ class CostModel:
         n0, n1 = self._n[idx - 1], self._n[idx]
         t0, t1 = self._t[idx - 1], self._t[idx]
         return self.verify_scale * (t0 + (t1 - t0) * (n - n0) / (n1 - n0))
+
+    def verify_curve(self, n_max: int) -> torch.Tensor:
+        """[n_max] seconds to verify N = 1 .. n_max tokens (the policy's hot path: interpolated once, scaled)."""
+        if self._curve is None or self._curve.numel() != n_max:
+            self._curve = self.verify_time(torch.arange(1, n_max + 1)) / self.verify_scale  # unscaled
+        return self._curve * self.verify_scale
 
     def draft_time(self, levels: int) -> float:
         return self.draft_scale * (self.draft_base_s + levels * self.draft_level_s)
@@ -112,14 +119,22 @@ def load_or_probe(decoder, update_rate: float = 0.05, use_cache: bool = True) ->
     model = probe(decoder, update_rate=update_rate)
     model.meta["key"] = key
     if use_cache:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(model.to_dict(), indent=1))
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only cache only costs a probe next time
+        store(model, key)
     return model
+
+
+def store(model: CostModel, key: dict) -> Path | None:
+    """Write ``model`` to the cache entry of ``key`` (atomically); None where the cache cannot be written
+    (a read-only cache only costs a probe next time)."""
+    path = cache_path(key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(model.to_dict(), indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        return None
+    return path
 
 
 @torch.inference_mode()
