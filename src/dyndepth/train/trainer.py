@@ -44,7 +44,7 @@ class TrainConfig:
     grad_clip: float = 0.5
     eval_steps: int = 4  # unroll depth of the held-out metrics
     unroll: int = 1  # training unroll depth: 1 = EAGLE-1; k > 1 also trains on the head's own features
-    bf16: bool = True  # autocast the head's matmuls to bf16 (fp32 master weights)
+    bf16: bool = True  # on CUDA, autocast the head's matmuls to bf16 (fp32 master weights); fp32 on CPUs
     seed: int = 0
 
 
@@ -156,6 +156,7 @@ def unroll(head: DraftHead, ids: torch.Tensor, feats: torch.Tensor, steps: int, 
     Step s output at position j = the prediction of f_{j+1} by a chain rooted at the true pair j-s+1 that fed
     the head its own predicted features for the pairs after the root."""
     n = ids.shape[1] - 1
+    bf16 = bf16 and ids.device.type == "cuda"  # CPUs without bf16 matmul units run bf16 autocast ~5x slower
     pos = torch.arange(n, device=ids.device)[None].expand(ids.shape[0], -1)  # [B, n]
     cache, x = DraftKV(), feats[:, :-1]
     for am in unroll_masks(n, steps, ids.device):
