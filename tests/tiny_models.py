@@ -10,6 +10,8 @@ from dyndepth.head import DraftHead, head_config
 from dyndepth.target import Target
 
 VOCAB = 512
+# Target engine options for every tiny target built here (tests/test_static_cache.py sets static_cache etc.)
+ENGINE: dict = {}
 
 
 def tiny_config(arch: str):
@@ -31,7 +33,7 @@ def tiny_target(arch: str, seed: int = 0, dtype=torch.float32) -> Target:
     with torch.no_grad():  # larger logits: sharper, more decisive distributions than the default init
         model.get_output_embeddings().weight.mul_(8.0)
     model.generation_config.eos_token_id = VOCAB - 1
-    return Target(model.eval(), tokenizer=None)
+    return Target(model.eval(), tokenizer=None, **ENGINE)
 
 
 def tiny_decoder(arch: str, policy="ddd", seed: int = 0, **kwargs) -> SpeculativeDecoder:
@@ -52,7 +54,7 @@ def tiny_deep_target(arch: str, layers: int = 7, seed: int = 0) -> Target:
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(8.0)
     model.generation_config.eos_token_id = VOCAB - 1
-    return Target(model.eval(), tokenizer=None)
+    return Target(model.eval(), tokenizer=None, **ENGINE)
 
 
 def eagle3_checkpoint(target, folder, layout="official", fmt="safetensors", draft_vocab=None, embed=False,

@@ -26,7 +26,7 @@ import torch
 from dyndepth import validate
 from dyndepth.draft import grow_pool
 from dyndepth.errors import DyndepthError
-from dyndepth.head import DraftHead, DraftKV, head_config
+from dyndepth.head import DraftHead, DraftKV, StaticDraftKV, head_config
 from dyndepth.policies import AUTO_OPTIONS, DepthPolicy, make_policy
 from dyndepth.request import GenerationRequest, ResolvedRequest
 from dyndepth.sampling import SamplingParams, pick_token
@@ -55,7 +55,8 @@ class SpeculativeDecoder:
     def __init__(self, target: Target, head: DraftHead | None, policy: DepthPolicy | str = "ddd",
                  top_k: int | None = None, total_tokens: int | None = None, max_depth: int | None = None,
                  checks=None, threshold: float | None = None, **policy_options):
-        """policy_options: the auto policy's knobs (min_depth, prior_strength, update_rate, cost_update_rate)."""
+        """policy_options: the auto policy's knobs (min_depth, lookahead, prior_strength, update_rate,
+        cost_update_rate)."""
         self.target = target
         if isinstance(policy, DepthPolicy):
             tree = validate.tree_options("fixed" if policy.max_depth else "plain", top_k, total_tokens)
@@ -87,16 +88,19 @@ class SpeculativeDecoder:
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, target: str, head: str | Path | None = None, dtype: str = "float32",
-                        device: str = "cpu", policy: str = "ddd", seed: int = 0, **tree_and_policy_kwargs):
+                        device: str = "cpu", policy: str = "ddd", seed: int = 0, *, static_cache: bool = False,
+                        max_len: int | None = None, compile: bool = False, **tree_and_policy_kwargs):
         """target: a zoo name, a local HF model directory or a Hub id. head: an EAGLE-format directory,
         "random" (a randomly initialised head, for tests and timing), or None for the head shipped with a
-        zoo model. tree_and_policy_kwargs: top_k, total_tokens, max_depth, checks, threshold."""
+        zoo model. static_cache, max_len, compile: the target's engine (see ``Target``). tree_and_policy_kwargs:
+        top_k, total_tokens, max_depth, checks, threshold."""
         drafts = policy.max_depth > 0 if isinstance(policy, DepthPolicy) else policy != "plain"
         if not isinstance(policy, DepthPolicy):
             validate.tree_options(policy, **tree_and_policy_kwargs)  # every model-free check before loading
         validate.device(device)
         parse_dtype(dtype)
-        tgt = Target.from_pretrained(target, dtype=dtype, device=device)
+        tgt = Target.from_pretrained(target, dtype=dtype, device=device, static_cache=static_cache, max_len=max_len,
+                                     compile=compile)
         draft = None
         if drafts:
             draft = load_head(head, str(target), tgt, seed=seed)
@@ -242,7 +246,7 @@ class SpeculativeDecoder:
             root = pick_token(processed(lambda _: logits, [0])(0), params, generator)
             pair_tokens = torch.cat([ids[1:], torch.tensor([root], device=device)])  # [L]
             pair_feats = head_feats  # [L, F]
-            draft_cache = DraftKV()
+            draft_cache = self._draft_cache()
             stats.prefill_time_s = _now(device) - start
             chunk, done = emit([root])
             stats.new_tokens = emitted
@@ -293,6 +297,17 @@ class SpeculativeDecoder:
         finally:
             stats.total_time_s = _now(device) - start
             target.release(owner)
+
+    def _draft_cache(self) -> DraftKV:
+        """An empty draft KV cache: static buffers (kept across generations) when the target is static."""
+        if not self.target.static_cache:
+            return DraftKV()
+        capacity = self.target.max_context + max(1, self.policy.max_depth) * self.top_k  # committed + scratch
+        cache = getattr(self, "_static_draft", None)
+        if cache is None or cache.capacity != capacity:
+            cache = self._static_draft = StaticDraftKV(capacity)
+        cache.reset()
+        return cache
 
     @property
     def vocab_size(self) -> int:

@@ -8,6 +8,10 @@ Prefill, plain decoding (a one-node tree) and tree verification are all this one
 KV cache handling: after verification the cache holds ``L`` committed entries followed by the ``N`` tree
 entries. ``commit_path`` moves the entries of the accepted path (root + accepted nodes) to ``L .. L+a`` and
 drops the rest, for every layer.
+
+Two engines, one interface: the default grows a transformers ``DynamicCache``; ``static_cache=True`` writes into
+preallocated buffers at fixed slots, pads trees to a few fixed sizes and compacts in place (``dyndepth.static_kv``),
+so that ``compile=True`` can ``torch.compile`` the verify forward (CUDA graphs on a GPU).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from dyndepth.errors import DyndepthError
+from dyndepth.static_kv import DEFAULT_MAX_LEN, SlotCache, check_model, check_options, padded_inputs, padded_size
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -73,7 +78,12 @@ def quiet_loading():
 
 
 class Target:
-    def __init__(self, model, tokenizer=None):
+    def __init__(self, model, tokenizer=None, static_cache: bool = False, max_len: int | None = None,
+                 compile: bool = False):
+        """static_cache: preallocated KV buffers of ``max_len`` (+1 pad slot) committed-plus-tree tokens (default
+        min(2048, the model's context)); compile: ``torch.compile`` the padded verify forward (needs static_cache;
+        CUDA graphs on a GPU, inductor on a CPU). Several Targets may wrap the same model: each owns its cache."""
+        check_options(static_cache, max_len, compile)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -98,11 +108,21 @@ class Target:
         self.window = int(window) if window else None
         self.mask_kinds = sorted(set(layer_types)) if "sliding_attention" in layer_types else None
         self.all_sliding = self.window is not None and not layer_types
+        self.static_cache, self.compiled, self.max_len = static_cache, compile, None
+        if static_cache:
+            check_model(self.config)
+            context = int(getattr(self.config, "max_position_embeddings", 2048))
+            if max_len is not None and max_len > context:
+                raise DyndepthError(f"max_len {max_len} exceeds the model's context of {context} tokens")
+            self.max_len = max_len or min(DEFAULT_MAX_LEN, context)
+        self._run = self._compile_run() if compile else self._run_base
 
     @classmethod
-    def from_pretrained(cls, model: str, dtype="float32", device="cpu") -> "Target":
+    def from_pretrained(cls, model: str, dtype="float32", device="cpu", static_cache: bool = False,
+                        max_len: int | None = None, compile: bool = False) -> "Target":
         from dyndepth.models import locate_model
 
+        check_options(static_cache, max_len, compile)  # before any loading
         path = locate_model(model)
         torch_dtype = parse_dtype(dtype)
         check_model_dir(Path(path))
@@ -115,11 +135,17 @@ class Target:
                 lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
             except Exception as exc:  # noqa: BLE001 - truncated weights, unknown architecture, ...
                 raise DyndepthError(f"cannot load the model in {path}: {_first_line(exc)}") from None
-        return cls(lm, tok)
+        return cls(lm, tok, static_cache=static_cache, max_len=max_len, compile=compile)
+
+    def variant(self, static_cache: bool = False, max_len: int | None = None, compile: bool = False) -> "Target":
+        """Another Target on the same model object (weights held once) with other engine options."""
+        return Target(self.model, self.tokenizer, static_cache=static_cache, max_len=max_len, compile=compile)
 
     @property
     def max_context(self) -> int:
-        return int(getattr(self.config, "max_position_embeddings", 2048))
+        """Committed tokens plus one tree must fit this: the model's context, or ``max_len`` when static."""
+        context = int(getattr(self.config, "max_position_embeddings", 2048))
+        return min(context, self.max_len) if self.max_len else context
 
     def stop_token_ids(self) -> set[int]:
         """EOS ids of the model and its generation config, plus common chat end-of-turn tokens."""
@@ -150,12 +176,18 @@ class Target:
 
     # -- forward ---------------------------------------------------------------------------------------
     def reset(self) -> None:
-        self.cache = DynamicCache()  # no config: plain full-length layers, which compaction can index
+        if self.static_cache:  # the buffers are allocated once (first prefill) and kept at their addresses
+            if self.cache is None:
+                self.cache = SlotCache(self.num_layers, self.max_len + 1)  # + the pad slot
+            self.cache.length = 0
+        else:
+            self.cache = DynamicCache()  # no config: plain full-length layers, which compaction can index
         self.length = 0
 
-    def attention_mask(self, visible: torch.Tensor, q_pos: torch.Tensor):
+    def attention_mask(self, visible: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor | None = None):
         """visible [n, S] bool over (committed + new) keys, q_pos [n] -> what the model's forward takes:
-        an additive float mask [1, 1, n, S], or a dict of them per layer type when some layers slide."""
+        an additive float mask [1, 1, n, S], or a dict of them per layer type when some layers slide.
+        k_pos [S]: the keys' positions (default: 0 .. L-1, then q_pos; the static cache passes its slots')."""
         neg = torch.finfo(self.dtype).min
 
         def additive(vis):
@@ -164,7 +196,8 @@ class Target:
         if self.window is None:
             return additive(visible)
         s = visible.shape[1]
-        k_pos = torch.cat([torch.arange(self.length, device=self.device), q_pos])[:s]  # [S] key positions
+        if k_pos is None:
+            k_pos = torch.cat([torch.arange(self.length, device=self.device), q_pos])[:s]  # [S] key positions
         in_window = k_pos[None, :] > (q_pos[:, None] - self.window)  # [n, S]
         if self.all_sliding:
             return additive(visible & in_window)
@@ -184,7 +217,10 @@ class Target:
         """tokens [n], positions [n], visible [n, L + n] bool (which keys each new token sees) -> features [n, H].
 
         The new tokens' KV entries are appended to the cache. Logits are not computed here: verification asks
-        ``logits`` only for the nodes it visits (a+1 rows instead of N; the lm_head is a large matmul)."""
+        ``logits`` only for the nodes it visits (a+1 rows instead of N; the lm_head is a large matmul).
+        With the static cache the tokens are padded to ``padded_size(n)`` rows first (pad rows are dropped)."""
+        if self.static_cache:
+            return self._forward_static(tokens, positions, visible, padded_size(tokens.numel()), self._run)
         # a single new token that sees everything needs no explicit mask (plain decoding's hot path)
         mask = None if visible.shape[0] == 1 and self.window is None else self.attention_mask(visible, positions)
         out = self.base(input_ids=tokens[None], position_ids=positions[None], attention_mask=mask,
@@ -196,9 +232,50 @@ class Target:
         self.reset()
         n = input_ids.numel()
         causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
-        feats = self.forward(input_ids, torch.arange(n, device=self.device), causal)
+        positions = torch.arange(n, device=self.device)
+        if self.static_cache:  # unpadded and never compiled: one prompt length is one shape
+            feats = self._forward_static(input_ids, positions, causal, n, self._run_base)
+            if not self.cache.written:
+                raise DyndepthError(f"model type {getattr(self.config, 'model_type', '?')!r} cannot use "
+                                    f"static_cache: some of its layers bypass the KV cache")
+        else:
+            feats = self.forward(input_ids, positions, causal)
         self.length = n
+        if self.static_cache:
+            self.cache.length = n
         return self.logits(feats[-1]), feats
+
+    # -- the static-cache engine (dyndepth.static_kv) ----------------------------------------------------
+    @torch.inference_mode()
+    def _forward_static(self, tokens, positions, visible, bucket: int, run) -> torch.Tensor:
+        """``forward`` on the static cache: n tokens padded to ``bucket`` rows over all S slots -> [n, H]."""
+        n = tokens.numel()
+        tok, pos, slots, vis, k_pos = padded_inputs(tokens, positions, visible, self.length, bucket,
+                                                    self.cache.size)  # [b], [b], [b], [b, S], [S]
+        self.cache.slots = slots
+        hidden = run(tok[None], pos[None], self.attention_mask(vis, pos, k_pos))  # [1, b, H]
+        if self.captured_layers is not None:  # EAGLE-3 features: drop the pad rows too
+            self._captured = {i: t[:, :n] for i, t in self._captured.items()}
+        return hidden[0, :n]
+
+    def _run_base(self, tokens: torch.Tensor, positions: torch.Tensor, mask) -> torch.Tensor:
+        """tokens [1, b], positions [1, b], mask [1, 1, b, S] (or a dict per layer type) -> hidden [1, b, H]."""
+        return self.base(input_ids=tokens, position_ids=positions, attention_mask=mask, use_cache=True,
+                         **{self.cache_kwarg: self.cache}).last_hidden_state
+
+    def _compile_run(self):
+        """``_run_base`` under torch.compile: one graph per bucket (shapes are fixed, L is only in tensor
+        contents); on CUDA with CUDA graphs (mode reduce-overhead), whose outputs are copied before reuse."""
+        cuda = self.device.type == "cuda"
+        compiled = torch.compile(self._run_base, mode="reduce-overhead" if cuda else None, dynamic=False)
+        if not cuda:
+            return compiled
+
+        def run(tokens, positions, mask):
+            torch.compiler.cudagraph_mark_step_begin()
+            return compiled(tokens, positions, mask).clone()
+
+        return run
 
     # -- head features: what the draft head reads (EAGLE-3: hidden states of chosen layers) ---------------
     @property
@@ -268,6 +345,11 @@ class Target:
         L = self.length
         keep = path.numel()
         in_place = path.tolist() == list(range(keep))  # plain decoding, or the first branch accepted
+        if self.static_cache:  # in place on the buffers; the entries after L + keep are masked from now on
+            if not in_place:
+                self.cache.compact(L, path.to(self.device))
+            self.length = self.cache.length = L + keep
+            return
         src = None if in_place else L + path.to(self.device)
         for layer in self.cache.layers:
             for name in ("keys", "values"):

@@ -28,7 +28,9 @@ def register(subparsers) -> None:
         "bench", help="benchmark decoding methods on MT-bench / HumanEval / a FastChat question file",
         description="Answer benchmark questions with several decoding methods on one shared target and report "
                     "tokens/s, speedup vs vanilla, tau, drafted depth, time split and greedy exactness.",
-        epilog="methods [configurable settings with defaults]:\n" + "\n".join(lines),
+        epilog="methods [configurable settings with defaults]:\n" + "\n".join(lines) + "\n\nevery tree method also "
+               "takes the target engine's settings: static_cache=false, compile=false, max_len=default\n"
+               "(e.g. --set ddd.static_cache=true --set ddd.compile=true)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="zoo name, local model directory or Hub id")
     p.add_argument("--head", default=None,

@@ -22,13 +22,21 @@ class BenchContext:
     _target: object = field(default=None, repr=False)
     _head: object = field(default=None, repr=False)
     _assistants: dict = field(default_factory=dict, repr=False)
+    _variants: dict = field(default_factory=dict, repr=False)
 
     @property
     def model_id(self) -> str:
         return Path(self.model).name if Path(self.model).expanduser().exists() else self.model
 
-    def target(self):
-        """The dyndepth ``Target`` (its ``.model`` is the transformers model that vanilla generate uses)."""
+    def target(self, static_cache: bool = False, compile: bool = False, max_len: int | None = None):
+        """The dyndepth ``Target`` (its ``.model`` is the transformers model that vanilla generate uses); with
+        engine options, a Target of that engine on the same model object (one per option set, built once)."""
+        if static_cache or compile or max_len is not None:
+            key = (static_cache, compile, max_len)
+            if key not in self._variants:
+                self._variants[key] = self.target().variant(static_cache=static_cache, max_len=max_len,
+                                                            compile=compile)
+            return self._variants[key]
         if self._target is None:
             from dyndepth.target import Target
 

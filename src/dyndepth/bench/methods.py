@@ -6,7 +6,8 @@ does not apply to the target (the run goes on and the summary says why). A new d
     register_method(MethodSpec("my-policy", "what it is", tree_factory, {"policy": "my-policy", "top_k": 8}))
 
 Settings are overridden per run with ``--set METHOD.KEY=VALUE`` (e.g. ``--set eagle2-cpu.total_tokens=16``);
-only keys present in a method's defaults are accepted.
+only keys present in a method's defaults are accepted, plus, for every tree method, the target engine's
+``ENGINE_DEFAULTS`` (``--set ddd.static_cache=true --set ddd.compile=true``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class MethodPlan:
 
 
 METHODS: dict[str, MethodSpec] = {}
+# The target engine of a tree method (see dyndepth.target.Target): any tree method takes these keys
+ENGINE_DEFAULTS = {"static_cache": False, "compile": False, "max_len": None}
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
@@ -71,10 +74,23 @@ register_method(MethodSpec("auto", "the cost-aware policy: each step the depth a
                                           "min_depth": 1, "lookahead": 2, "prior_strength": 8.0, "update_rate": 0.02,
                                           "cost_update_rate": 0.05}))
 
+register_method(MethodSpec("static-eager", "ddd's settings on the static-cache engine: preallocated KV buffers, "
+                           "trees padded to power-of-two sizes, in-place compaction; not compiled", tree_factory,
+                           {**METHODS["ddd"].defaults, "static_cache": True}))
+register_method(MethodSpec("static-compiled", "static-eager with the verify forward under torch.compile (CUDA "
+                           "graphs on a GPU, mode reduce-overhead; one compile per tree-size bucket, in the warm-up)",
+                           tree_factory, {**METHODS["ddd"].defaults, "static_cache": True, "compile": True}))
+
 
 # -- values --------------------------------------------------------------------------------------------------
 def _int_or_none(text: str):
     return None if text.lower() in ("none", "default", "") else int(text)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(text)
+    return text.lower() in ("true", "1", "yes")
 
 
 def _checks(text: str) -> tuple[int, ...]:
@@ -86,8 +102,8 @@ def _checks(text: str) -> tuple[int, ...]:
 
 PARSERS: dict[str, Callable[[str], Any]] = {
     "policy": str, "assistant": str, "top_k": int, "max_depth": int, "total_tokens": _int_or_none,
-    "threshold": float, "checks": _checks, "min_depth": int, "lookahead": int, "prior_strength": float, "update_rate": float,
-    "cost_update_rate": float,
+    "threshold": float, "checks": _checks, "min_depth": int, "lookahead": int, "prior_strength": float,
+    "update_rate": float, "cost_update_rate": float, "static_cache": _bool, "compile": _bool, "max_len": _int_or_none,
 }
 
 
@@ -135,8 +151,13 @@ def parse_overrides(items: list[str] | None) -> dict[str, dict]:
     return out
 
 
+def method_defaults(spec: MethodSpec) -> dict:
+    """A method's settings with their defaults: its own, plus the engine's for a tree method."""
+    return {**ENGINE_DEFAULTS, **spec.defaults} if spec.factory is tree_factory else dict(spec.defaults)
+
+
 def check_key(method: str, key: str) -> None:
-    allowed = METHODS[method].defaults
+    allowed = method_defaults(METHODS[method])
     if key not in allowed or key == "policy":
         keys = ", ".join(k for k in allowed if k != "policy") or "none"
         raise DyndepthError(f"method {method!r} has no setting {key!r} (settings: {keys})")
@@ -147,4 +168,4 @@ def plan_methods(names: list[str], overrides: dict[str, dict] | None = None) -> 
     stray = sorted(set(overrides) - set(names))
     if stray:
         raise DyndepthError(f"--set names method(s) not in --methods: {', '.join(stray)}")
-    return [MethodPlan(n, METHODS[n], {**METHODS[n].defaults, **overrides.get(n, {})}) for n in names]
+    return [MethodPlan(n, METHODS[n], {**method_defaults(METHODS[n]), **overrides.get(n, {})}) for n in names]

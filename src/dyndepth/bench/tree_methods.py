@@ -1,7 +1,8 @@
 """dyndepth's own generation loop as benchmark methods: plain decoding, fixed-depth trees, DDD.
 
 Every tree method wraps one ``SpeculativeDecoder`` built on the run's shared target and shared draft head, so
-a run holds the model weights once however many tree methods it compares.
+a run holds the model weights once however many tree methods it compares. A method with engine settings
+(``static_cache``, ``compile``, ``max_len``) gets its own ``Target`` on the same model object.
 """
 
 from __future__ import annotations
@@ -28,14 +29,25 @@ def tree_kwargs(settings: dict) -> dict:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
+def engine_kwargs(settings: dict) -> dict:
+    """The Target engine keywords of a tree method's settings (absent keys: the default engine)."""
+    return {"static_cache": bool(settings.get("static_cache", False)), "compile": bool(settings.get("compile", False)),
+            "max_len": settings.get("max_len")}
+
+
 def check_settings(name: str, settings: dict) -> None:
     """Every check SpeculativeDecoder makes without a model, run at planning time (before any model loads)."""
+    from dyndepth.static_kv import check_options
     from dyndepth.validate import OptionError, tree_options
 
     try:
         tree_options(settings["policy"], **tree_kwargs(settings))
     except OptionError as exc:
         raise DyndepthError(f"method {name!r}: setting {exc.render(exc.option)}") from None
+    try:
+        check_options(**engine_kwargs(settings))
+    except DyndepthError as exc:
+        raise DyndepthError(f"method {name!r}: {exc}") from None
 
 
 class TreeMethod(BenchMethod):
@@ -45,7 +57,7 @@ class TreeMethod(BenchMethod):
         from dyndepth.decoder import SpeculativeDecoder
 
         self.name = name
-        target = ctx.target()
+        target = ctx.target(**engine_kwargs(settings))
         policy = settings["policy"]
         head = ctx.draft_head() if policy != "plain" else None
         kwargs = tree_kwargs(settings)
@@ -54,9 +66,12 @@ class TreeMethod(BenchMethod):
 
     def settings(self) -> dict:
         d = self.decoder.describe()
+        target = self.decoder.target
+        engine = {"static_cache": True, "max_len": target.max_len, "compile": target.compiled} \
+            if target.static_cache else {}
         if d.get("policy") == "plain":
-            return {"policy": "plain", "dtype": d["dtype"], "device": d["device"]}
-        return d
+            return {"policy": "plain", "dtype": d["dtype"], "device": d["device"], **engine}
+        return {**d, **engine}
 
     def generate(self, ids: list[int], params: GenParams, seed: int) -> TurnResult:
         t0 = now(self.device)

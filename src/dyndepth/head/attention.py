@@ -40,6 +40,7 @@ class EagleAttention(nn.Module):
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)  # [B, n_kv, S, d]
+            mask = cache.widen(mask)  # a static cache returns its whole buffers: mask their unwritten tail
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                              enable_gqa=self.n_kv != self.n_heads)  # [B, n_h, n, d]
         return self.o_proj(out.transpose(1, 2).reshape(b, n, self.n_heads * self.d_head))  # [B, n, H]

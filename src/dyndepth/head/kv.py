@@ -1,4 +1,4 @@
-"""The draft head's KV cache (shared by the EAGLE-1/2 and EAGLE-3 heads)."""
+"""The draft head's KV cache (shared by the EAGLE-1/2 and EAGLE-3 heads): growing, or static buffers."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ class DraftKV:
         self.values = v if self.values is None else torch.cat([self.values, v], dim=-2)
         return self.keys, self.values
 
+    def widen(self, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The attention mask over what ``append`` returned: unchanged here (the keys are exactly the entries)."""
+        return mask
+
     def commit(self) -> None:
         self.committed = self.length
 
@@ -30,3 +34,47 @@ class DraftKV:
         if self.keys is not None and self.length > self.committed:
             self.keys = self.keys[..., : self.committed, :]
             self.values = self.values[..., : self.committed, :]
+
+
+class StaticDraftKV(DraftKV):
+    """The same cache in buffers [1, n_kv, capacity, d_head] allocated on first use and never reallocated:
+    ``append`` writes at ``length`` and returns the whole buffers, ``widen`` masks the unwritten tail, and
+    dropping the scratch only moves ``length`` back. Every forward then sees keys of one fixed shape."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = int(capacity)
+        self._length = 0
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    def reset(self) -> None:
+        """Empty the cache for a new generation (the buffers stay)."""
+        self._length = self.committed = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # k, v [1, n_kv, n, d] -> the buffers [1, n_kv, capacity, d], the new entries at length .. length+n-1
+        if self.keys is None:
+            shape = (*k.shape[:2], self.capacity)
+            self.keys = k.new_zeros(*shape, k.shape[-1])
+            self.values = v.new_zeros(*shape, v.shape[-1])
+        n = k.shape[-2]
+        if self._length + n > self.capacity:
+            raise RuntimeError(f"static draft cache of {self.capacity} entries is full")  # sized by the decoder
+        self.keys[..., self._length:self._length + n, :] = k
+        self.values[..., self._length:self._length + n, :] = v
+        self._length += n
+        return self.keys, self.values
+
+    def widen(self, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """mask [B|1, 1, n, length] (additive or bool) -> [.., capacity]: the unwritten tail never visible."""
+        if mask is None:
+            return None
+        tail = self.capacity - mask.shape[-1]
+        fill = False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
+        return torch.nn.functional.pad(mask, (0, tail), value=fill)
+
+    def crop_to_committed(self) -> None:
+        self._length = self.committed
