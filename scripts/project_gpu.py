@@ -5,7 +5,8 @@
 The acceptance is real: the shipped head drafts for the real target on this CPU (bf16, greedy) and the target
 verifies. The costs are the GPU's: ``auto`` decides with a cost model built from the H200 engine measurements in
 docs/BENCHMARKS.md ("GPU engine steps after the hot-path changes"), frozen (no online correction from the CPU's
-times), and every method's steps are then priced with that same model:
+times: the policy is shown every step at the model's price, so its cost fit stays on the model and its run
+rate is a GPU rate), and every method's steps are then priced with that same model:
 
     t_step(depth, N) = draft_base + depth * draft_level + t_verify(N),   t_verify linear from N = 1 to 60
 
@@ -42,8 +43,26 @@ def gpu_costs(shape: str):
     v1 = min(m["plain"], m["verify60"]) / 1000  # the plain step includes loop overhead; never above verify(60)
     slope = (m["verify60"] / 1000 - v1) / 59
     sizes = [1, 2, 4, 8, 16, 32, 48, 60, N_MAX]
-    return CostModel(sizes, [v1 + slope * (n - 1) for n in sizes], base, level, update_rate=1e-12,
+    return CostModel(sizes, [v1 + slope * (n - 1) for n in sizes], base, level,
                      meta={"source": f"H200 engine table, {shape} shape (docs/BENCHMARKS.md)"})
+
+
+def gpu_priced(costs):
+    """An ``auto`` policy that sees every step at the GPU model's price instead of the CPU's measured times:
+    its cost fit then stays on the model (measured = predicted) and its run rate is a GPU rate."""
+    from dataclasses import replace
+
+    import torch
+
+    from dyndepth.policies import CostAwarePolicy
+
+    class GpuPriced(CostAwarePolicy):
+        def observe(self, step):
+            draft = costs.draft_time(step.depth) if step.depth else 0.0
+            verify = float(costs.verify_time(torch.tensor([step.tree_size]))[0])
+            super().observe(replace(step, draft_time_s=draft, verify_time_s=verify))
+
+    return GpuPriced(costs=costs)
 
 
 def main() -> int:
@@ -59,7 +78,7 @@ def main() -> int:
 
     from dyndepth.bench.questions import read_questions
     from dyndepth.decoder import SpeculativeDecoder
-    from dyndepth.policies import CostAwarePolicy, make_policy
+    from dyndepth.policies import make_policy
 
     torch.set_num_threads(args.threads)
     shape = "qwen" if "qwen" in args.model.lower() else "smollm2"
@@ -70,7 +89,7 @@ def main() -> int:
     methods = {  # name -> (policy object, total_tokens, top_k): the GPU settings of each
         "eagle2 (N 60, D 6, K 10)": (make_policy("fixed", max_depth=6), 60, 10),
         "ddd (defaults, N 60, K 10)": (make_policy("ddd"), 60, 10),
-        f"auto (H200 costs, N <= {N_MAX}, K 10)": (CostAwarePolicy(costs=costs, cost_update_rate=1e-12), N_MAX, 10),
+        f"auto (H200 costs, N <= {N_MAX}, K 10)": (gpu_priced(costs), N_MAX, 10),
     }
     base = SpeculativeDecoder.from_pretrained(args.model, dtype="bfloat16", policy="plain")
     from dyndepth.decoder import load_head

@@ -137,6 +137,11 @@ def test_knobs_of_another_policy_are_refused():
         SpeculativeDecoder(target, None, policy="plain", total_tokens=12)
     with pytest.raises(OptionError, match="policy must be one of"):
         SpeculativeDecoder(target, head, policy="auto-magic")
+    with pytest.raises(OptionError, match="'auto' policy only"):
+        SpeculativeDecoder(target, head, policy="ddd", objective="step")
+    with pytest.raises(OptionError) as err:
+        SpeculativeDecoder(target, head, policy="auto", objective="fastest")
+    assert err.value.option == "objective" and "run, step" in str(err.value)
 
 
 def test_top_k_may_not_exceed_the_draft_vocabulary():

@@ -267,3 +267,77 @@ def test_probe_measures_and_caches_costs(tmp_path, monkeypatch):
     assert calls == [] and again.policy.costs.verify_s == pytest.approx(c.verify_s, abs=1e-6)  # from the cache
     out = again.generate([5, 6, 7], max_new_tokens=8, temperature=0.0)
     assert out.token_ids == _hf_greedy(target, [5, 6, 7], 8)
+
+
+# -- the run objective and the verify fit ----------------------------------------------------------------------------
+def _run_at(policy: CostAwarePolicy, tokens: float, seconds: float) -> None:
+    """Tell the policy the run so far commits ``tokens`` per step in ``seconds`` (no draft, so no cost update)."""
+    from dyndepth.stats import StepStats
+
+    for _ in range(3):
+        policy.observe(StepStats(committed=int(tokens), accepted=int(tokens) - 1, depth=0, tree_size=1,
+                                 draft_time_s=0.0, verify_time_s=seconds))
+
+
+def test_run_objective_spends_on_confident_steps_and_saves_on_doubtful_ones():
+    """Maximising the run's rate (E - lambda T) rather than each step's own E / T: a step more confident than the
+    run so far gets a bigger tree, a step less confident a smaller one; before any step both agree."""
+    curve = dict(verify_base=0.05, verify_per_token=0.004, draft_level=0.01)
+    fresh_run, fresh_step = auto(cost_curve(**curve)), auto(cost_curve(**curve), objective="step")
+    assert grow(fresh_run, SPREAD) == grow(fresh_step, SPREAD)
+    step_conf = grow(auto(cost_curve(**curve), objective="step"), CONFIDENT)
+    run = auto(cost_curve(**curve))
+    _run_at(run, tokens=2, seconds=0.08)  # the run so far: 25 tokens/s, below what a confident step can reach
+    assert run.run_rate == pytest.approx(25.0)
+    run_conf = grow(run, CONFIDENT)
+    assert run_conf[1] > step_conf[1] and run_conf[0] >= step_conf[0]
+    step_unsure = grow(auto(cost_curve(**curve), objective="step"), UNSURE)
+    run = auto(cost_curve(**curve))
+    _run_at(run, tokens=5, seconds=0.08)  # a fast run so far: a doubtful step is not worth a big tree
+    run_unsure = grow(run, UNSURE)
+    assert run_unsure[1] < step_unsure[1]
+    from dyndepth.errors import DyndepthError
+
+    with pytest.raises(DyndepthError):
+        CostAwarePolicy(objective="fastest")
+
+
+def test_verify_fit_corrects_the_base_and_the_slope_apart():
+    """The probe says 50 ms + 2 ms per extra token; the steps measure 60 ms + 1 ms (a busier base, a cheaper
+    slope). A single scale could match only one N; the fit learns both, from steps of varied N."""
+    probed = CostModel(SIZES, [0.05 + 0.002 * (n - 1) for n in SIZES], 0.001, 0.002, update_rate=0.05)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        n = int(torch.randint(2, 12, (), generator=g))
+        noise = 1 + 0.02 * float(torch.randn((), generator=g))
+        probed.observe(tree_size=n, verify_s=(0.06 + 0.001 * (n - 1)) * noise, levels=0, draft_s=0.0)
+    assert probed.base_scale == pytest.approx(1.2, rel=0.05)
+    assert probed.slope_scale == pytest.approx(0.5, rel=0.2)
+    t = probed.verify_time(torch.tensor([2, 8, 24]))
+    assert torch.allclose(t, torch.tensor([0.061, 0.067, 0.083]), rtol=0.03)
+
+
+def test_verify_fit_keeps_the_probed_slope_when_every_step_verifies_the_same_n():
+    """Steps that all verify N = 8 say nothing about the slope: it stays the probe's, and the base takes the
+    difference, so the prediction at N = 8 is right."""
+    probed = CostModel(SIZES, [0.05 + 0.002 * (n - 1) for n in SIZES], 0.001, 0.002, update_rate=0.05)
+    for _ in range(300):
+        probed.observe(tree_size=8, verify_s=0.08, levels=0, draft_s=0.0)
+    assert float(probed.verify_time(torch.tensor([8]))[0]) == pytest.approx(0.08, rel=0.01)
+    assert probed.slope_scale == pytest.approx(1.0, abs=0.15)
+    assert probed.base_scale > 1.3
+
+
+def test_draft_fit_learns_the_fixed_part_the_probe_missed():
+    """The probe saw 0.1 ms + 1.5 ms per level; steps of 1-5 levels measure 3 ms + 1.9 ms per level (the head's
+    forward over the accepted tokens and the rerank, which the probe leaves out). One scale for the whole draft
+    would charge a level about 1.7x; the line learns both parts."""
+    costs = CostModel(SIZES, [0.05 + 0.002 * (n - 1) for n in SIZES], 0.0001, 0.0015, update_rate=0.05)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(200):
+        levels = int(torch.randint(1, 6, (), generator=g))
+        noise = 1 + 0.03 * float(torch.randn((), generator=g))
+        costs.observe(tree_size=8, verify_s=0.064, levels=levels, draft_s=(0.003 + 0.0019 * levels) * noise)
+    assert costs.draft_fit.a == pytest.approx(0.003, rel=0.15)
+    assert costs.draft_fit.b == pytest.approx(0.0019, rel=0.1)
+    assert costs.draft_time(4) == pytest.approx(0.003 + 4 * 0.0019, rel=0.03)

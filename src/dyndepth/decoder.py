@@ -56,7 +56,7 @@ class SpeculativeDecoder:
                  top_k: int | None = None, total_tokens: int | None = None, max_depth: int | None = None,
                  checks=None, threshold: float | None = None, **policy_options):
         """policy_options: the auto policy's knobs (min_depth, lookahead, prior_strength, update_rate,
-        cost_update_rate)."""
+        cost_update_rate, objective)."""
         self.target = target
         if isinstance(policy, DepthPolicy):
             tree = validate.tree_options("fixed" if policy.max_depth else "plain", top_k, total_tokens)

@@ -305,9 +305,16 @@ def tree_options(policy, top_k=None, total_tokens=None, max_depth=None, checks=N
     return out
 
 
-def auto_options(min_depth=None, lookahead=None, prior_strength=None, update_rate=None, cost_update_rate=None) -> dict:
+def auto_options(min_depth=None, lookahead=None, prior_strength=None, update_rate=None, cost_update_rate=None,
+                 objective=None) -> dict:
     """The auto policy's knobs (docs/ALGORITHM.md), each checked; unset ones are left out."""
+    from dyndepth.policies.auto import OBJECTIVES
+
     out = {}
+    if objective is not None:
+        if objective not in OBJECTIVES:
+            raise OptionError("objective", objective, f"must be one of: {', '.join(OBJECTIVES)}")
+        out["objective"] = objective
     if min_depth is not None:
         out["min_depth"] = integer("min_depth", min_depth, lo=1, hi=MAX_DEPTH_MAX)
     if lookahead is not None:

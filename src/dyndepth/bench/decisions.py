@@ -64,8 +64,15 @@ def markdown_section(answers: dict[str, list[dict]], reports: dict[str, dict]) -
         lines += [f"| {r['draft_p_from']:.3g}-{r['draft_p_to']:.3g} | {r['nodes']} | {r['predicted']:.3f} | "
                   f"{r['observed']:.3f} |" for r in rel]
         if rep.get("verify_scale") is not None:
-            lines += ["", f"Cost model of `{method}` at the end: measured/probed verify time x{rep['verify_scale']}, "
-                          f"draft time x{rep['draft_scale']}."]
+            fit = ""
+            if rep.get("verify_slope_scale") is not None:
+                fit = (f" (its base x{rep['verify_base_scale']}, its per-token cost "
+                       f"x{rep['verify_slope_scale']})")
+            if rep.get("draft_ms"):
+                fit += f"; draft {rep['draft_ms'][0]} ms + {rep['draft_ms'][1]} ms per level"
+            rate = f"; run rate {rep['run_rate']} tokens/s" if rep.get("run_rate") else ""
+            lines += ["", f"Cost model of `{method}` at the end: measured/probed verify time x{rep['verify_scale']}"
+                          f"{fit}, draft time x{rep['draft_scale']} at 3 levels{rate}."]
     return lines
 
 

@@ -72,7 +72,7 @@ register_method(MethodSpec("auto", "the cost-aware policy: each step the depth a
                            "costs; total_tokens = the largest tree it may choose (48 on CPU, 128 on CUDA)",
                            tree_factory, {"policy": "auto", "max_depth": 11, "top_k": 10, "total_tokens": None,
                                           "min_depth": 1, "lookahead": 2, "prior_strength": 8.0, "update_rate": 0.02,
-                                          "cost_update_rate": 0.05}))
+                                          "cost_update_rate": 0.05, "objective": "run"}))
 
 register_method(MethodSpec("static-eager", "ddd's settings on the static-cache engine: preallocated KV buffers, "
                            "trees padded to power-of-two sizes, in-place compaction; not compiled", tree_factory,
@@ -103,7 +103,7 @@ def _checks(text: str) -> tuple[int, ...]:
 PARSERS: dict[str, Callable[[str], Any]] = {
     "policy": str, "assistant": str, "top_k": int, "max_depth": int, "total_tokens": _int_or_none,
     "threshold": float, "checks": _checks, "min_depth": int, "lookahead": int, "prior_strength": float,
-    "update_rate": float, "cost_update_rate": float, "static_cache": _bool, "compile": _bool, "max_len": _int_or_none,
+    "update_rate": float, "cost_update_rate": float, "objective": str, "static_cache": _bool, "compile": _bool, "max_len": _int_or_none,
 }
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dyndepth.bench.base import BenchMethod, GenParams, now
 from dyndepth.bench.records import TurnResult
 from dyndepth.errors import DyndepthError
+from dyndepth.policies import AUTO_OPTIONS
 
-TREE_KEYS = ("policy", "top_k", "total_tokens", "max_depth", "checks", "threshold", "min_depth", "prior_strength",
-             "update_rate", "cost_update_rate", "lookahead")
+TREE_KEYS = ("policy", "top_k", "total_tokens", "max_depth", "checks", "threshold", *AUTO_OPTIONS)
 
 
 def tree_kwargs(settings: dict) -> dict:
@@ -22,7 +22,7 @@ def tree_kwargs(settings: dict) -> dict:
     if policy != "ddd":  # checks/threshold only mean something to DDD
         kwargs.pop("checks"), kwargs.pop("threshold")
     if policy != "auto":
-        for key in ("min_depth", "lookahead", "prior_strength", "update_rate", "cost_update_rate"):
+        for key in AUTO_OPTIONS:
             kwargs.pop(key)
     if policy == "plain":
         kwargs = {}

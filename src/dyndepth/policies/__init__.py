@@ -18,7 +18,7 @@ __all__ = ["DepthPolicy", "PlainPolicy", "FixedDepth", "DynamicDepth", "CostAwar
            "AUTO_OPTIONS", "make_policy"]
 
 POLICIES = {"plain": PlainPolicy, "fixed": FixedDepth, "ddd": DynamicDepth, "auto": CostAwarePolicy}
-AUTO_OPTIONS = ("min_depth", "lookahead", "prior_strength", "update_rate", "cost_update_rate")
+AUTO_OPTIONS = ("min_depth", "lookahead", "prior_strength", "update_rate", "cost_update_rate", "objective")
 
 
 def make_policy(name: str | DepthPolicy, max_depth: int | None = None, checks=None,

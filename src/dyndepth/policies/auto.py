@@ -9,7 +9,16 @@ of the node's path, multiplied along it; the times from the cost model (costs.py
 root plus the N-1 best pool nodes by path value (the rerank's order, so E is computed over exactly the nodes that
 would be verified), and for a pool
 
-    best(pool, levels) = max over n of (1 + cumsum(P sorted by value)[n-1]) / (t_draft(levels) + t_verify(n + 1))
+    best(pool, levels) = max over n of score(E_n, T_n),   E_n = 1 + cumsum(P sorted by value)[n-1],
+                                                           T_n = t_draft(levels) + t_verify(n + 1)
+
+The score is what ``objective`` maximises. ``run`` (the default) maximises the run's rate, total tokens / total
+time: by the renewal-reward theorem that rate is E[tokens per step] / E[seconds per step], and the tree that
+raises it most is the one that maximises E_n - lambda * T_n, where lambda is the run's rate itself (Dinkelbach's
+method for ratio objectives; lambda is the running ratio of committed tokens to measured step seconds, with
+memory ``cost_update_rate``; the first step, without a lambda, uses the step rate). ``step`` maximises each
+step's own E_n / T_n, the issue's formula read per step: it spends too little on confident steps (their high
+rate raises the bar) and too much on doubtful ones, so ``run`` is the one that wins the run.
 
 After level d is grown, the next levels are predicted without running them: the beam node of rank i (by value)
 gets as its j-th best child the path value  beam value + l[d + 1, i, j]  and P = P(beam node) * g(d + 1, l[d + 1,
@@ -39,6 +48,7 @@ from dyndepth.policies.base import DepthPolicy
 from dyndepth.policies.calibration import AcceptanceCalibration
 from dyndepth.policies.costs import CostModel
 
+OBJECTIVES = ("run", "step")
 CHILD_RATE = 0.1  # memory of the running mean of children's log-probabilities per (depth, beam rank, child rank)
 
 
@@ -50,7 +60,8 @@ class CostAwarePolicy(DepthPolicy):
     lookahead: int = 2  # levels predicted ahead: grow while the best rate within this many more levels is higher
     prior_strength: float = 8.0  # pseudo-count of the calibration prior per cell (draft value = acceptance)
     update_rate: float = 0.02  # calibration memory: counts decay by 1 - update_rate per step (~50 steps)
-    cost_update_rate: float = 0.05  # online correction of the measured cost curves (EMA of measured / predicted)
+    cost_update_rate: float = 0.05  # online correction of the measured cost curves, and the memory of the run rate
+    objective: str = "run"  # "run": maximise tokens / time over the run (E - rate * T); "step": each step's E / T
     costs: CostModel | None = field(default=None, repr=False)
     calibration: AcceptanceCalibration | None = field(default=None, repr=False)
     n_max: int = 64  # set by the decoder to its total_tokens
@@ -59,6 +70,8 @@ class CostAwarePolicy(DepthPolicy):
     _p: torch.Tensor = field(default_factory=lambda: torch.zeros(0), repr=False)
     _table: torch.Tensor | None = field(default=None, repr=False)
     _child: dict = field(default_factory=dict, repr=False)  # depth -> [rows, K] running mean child log-probs
+    _tokens: float = field(default=0.0, repr=False)  # running means of committed tokens and seconds per step
+    _seconds: float = field(default=0.0, repr=False)
 
     def __post_init__(self):
         if self.lookahead < 1:
@@ -67,6 +80,8 @@ class CostAwarePolicy(DepthPolicy):
             raise DyndepthError(f"auto: need 1 <= min_depth <= max_depth, got {self.min_depth}, {self.max_depth}")
         if not self.prior_strength > 0 or not 0 < self.update_rate < 1 or not 0 < self.cost_update_rate < 1:
             raise DyndepthError("auto: prior_strength must be > 0 and the update rates in (0, 1)")
+        if self.objective not in OBJECTIVES:
+            raise DyndepthError(f"auto: objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.calibration is None:
             self.calibration = AcceptanceCalibration(self.prior_strength, self.update_rate)
 
@@ -79,15 +94,23 @@ class CostAwarePolicy(DepthPolicy):
         self.costs.update_rate = self.cost_update_rate
 
     # -- the rate of a pool -----------------------------------------------------------------------------------
-    def best(self, values: torch.Tensor, p_accept: torch.Tensor, levels: int) -> tuple[float, int, float]:
-        """values [P] log path values, p_accept [P] -> (best rate, its N (root included), its E[tokens] - 1)."""
+    @property
+    def run_rate(self) -> float | None:
+        """lambda: the run's committed tokens per measured step second so far (None before the first step)."""
+        return self._tokens / self._seconds if self._seconds > 0 else None
+
+    def best(self, values: torch.Tensor, p_accept: torch.Tensor, levels: int) -> tuple[float, int, float, float]:
+        """values [P] log path values, p_accept [P] -> (best score, its N (root included), its E[tokens] - 1,
+        its expected rate E / T)."""
         order = torch.argsort(values.float(), descending=True, stable=True)[: self.n_max - 1]
         gain = torch.cumsum(p_accept[order].float().cpu(), 0)  # [n] E[accepted] with the n best nodes
         expected = torch.cat([torch.zeros(1), gain]) + 1.0  # [n + 1]: index n = n drafted nodes verified
         seconds = self.costs.draft_time(levels) + self.costs.verify_curve(self.n_max)[: expected.numel()]  # root + n
-        rate = expected / seconds
-        i = int(torch.argmax(rate))
-        return float(rate[i]), i + 1, float(expected[i] - 1.0)
+        rate = expected / seconds  # [n + 1]
+        lam = self.run_rate if self.objective == "run" else None
+        score = rate if lam is None else expected - lam * seconds  # [n + 1]
+        i = int(torch.argmax(score))
+        return float(score[i]), i + 1, float(expected[i] - 1.0), float(rate[i])
 
     def _pool_p(self, pool) -> tuple[torch.Tensor, torch.Tensor]:
         """(values [P], P(accepted) [P]) of the pool's nodes; each level is computed once per step."""
@@ -135,7 +158,7 @@ class CostAwarePolicy(DepthPolicy):
         if depth < self.min_depth:
             return False
         values, p = self._pool_p(pool)
-        now, _, _ = self.best(values, p, depth)
+        now = self.best(values, p, depth)[0]
         _, last_v, _ = pool.level(depth - 1)
         beam = torch.topk(last_v, k).indices  # the beam = the best k nodes of the deepest level (as draft.py)
         offset = pool.size - last_v.numel()
@@ -150,7 +173,7 @@ class CostAwarePolicy(DepthPolicy):
                                              self._table)
             nxt_p = (beam_p[:, None] * g.reshape(k, k)).flatten()
             all_v, all_p = torch.cat([all_v, nxt_v]), torch.cat([all_p, nxt_p])
-            later, _, _ = self.best(all_v, all_p, d)
+            later = self.best(all_v, all_p, d)[0]
             if later > now:
                 return False
             beam_v, top = torch.topk(nxt_v, k)  # the predicted level's beam
@@ -159,7 +182,7 @@ class CostAwarePolicy(DepthPolicy):
 
     def tree_size(self, pool, n_max):
         values, p = self._pool_p(pool)
-        rate, n, expected = self.best(values, p, pool.depth)
+        _, n, expected, rate = self.best(values, p, pool.depth)
         n = max(1, min(n, n_max))
         self.last = {"chosen_n": n, "predicted_accepted": round(expected, 4), "predicted_rate": round(rate, 3)}
         return n
@@ -173,10 +196,15 @@ class CostAwarePolicy(DepthPolicy):
                                     [0] + list(step.node_depths), [True] + list(step.node_accepted))
         if self.costs is not None and step.depth > 0:
             self.costs.observe(step.tree_size, step.verify_time_s, step.depth, step.draft_time_s)
+        seconds = step.draft_time_s + step.verify_time_s
+        if seconds > 0:  # the run rate's running means (started at the first step, then EMA)
+            a = self.cost_update_rate if self._seconds > 0 else 1.0
+            self._tokens += a * (step.accepted + 1 - self._tokens)
+            self._seconds += a * (seconds - self._seconds)
 
     def describe(self) -> dict:
         return {"policy": self.name, "max_depth": self.max_depth, "min_depth": self.min_depth,
-                "lookahead": self.lookahead,
+                "lookahead": self.lookahead, "objective": self.objective,
                 "prior_strength": self.prior_strength, "update_rate": self.update_rate,
                 "cost_update_rate": self.cost_update_rate}
 
@@ -185,4 +213,9 @@ class CostAwarePolicy(DepthPolicy):
         return {"reliability": self.calibration.reliability(), "calibration": self.calibration.to_dict(),
                 "costs": self.costs.to_dict() if self.costs else None,
                 "verify_scale": round(self.costs.verify_scale, 4) if self.costs else None,
-                "draft_scale": round(self.costs.draft_scale, 4) if self.costs else None}
+                "verify_base_scale": round(self.costs.base_scale, 4) if self.costs else None,
+                "verify_slope_scale": round(self.costs.slope_scale, 4) if self.costs else None,
+                "draft_scale": round(self.costs.draft_scale, 4) if self.costs else None,
+                "draft_ms": ([round(1000 * self.costs.draft_fit.a, 3), round(1000 * self.costs.draft_fit.b, 3)]
+                             if self.costs else None),
+                "run_rate": round(self.run_rate, 3) if self.run_rate else None}

@@ -33,7 +33,8 @@ def register(sub) -> None:
                    help="beam width the draft levels are timed with (default: 10, as auto)")
     p.add_argument("--total-tokens", type=int, default=None,
                    help="the largest tree measured (default: auto's bound, 48 on CPU, 128 on CUDA)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repetitions per size; the median is kept (default 3)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed repetitions per size after a warm-up; the fastest is kept (default 5)")
     p.add_argument("--plot", type=Path, default=Path("dyndepth-costs.png"),
                    help="the PNG to write (default: %(default)s)")
     p.add_argument("--no-plot", dest="plot", action="store_const", const=None, help="do not write a plot")
