@@ -22,6 +22,10 @@ accepted      draft nodes the target agrees with, along one root -> node path (`
 bonus         the token the target produces after the last accepted node; it becomes the next root.
 step          one tree growth + one target verification forward + commit; it commits ``a + 1`` tokens.
 tau           mean accepted tokens = mean over steps of ``a + 1``; plain decoding has tau = 1.
+chain         (replay) the answer's next tokens after a root; in greedy decoding a node is accepted iff its path
+              spells the chain's first tokens, so a recorded pool plus the chain tells any tree's ``a``.
+hindsight oracle  the per-step choice of (levels, N) that would be fastest knowing every step's ``a`` in advance:
+              a bound no causal depth policy beats (bench/hindsight.py).
 """
 
 from dyndepth.errors import DyndepthError

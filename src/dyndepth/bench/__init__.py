@@ -14,5 +14,9 @@ Counting rule, the same for every method: a turn's tokens are the generated ids 
 (prefill included, tokenisation excluded). Speedup = mean over questions of tokens/s divided by the same mean
 of the baseline (Spec-Bench's ratio of means).
 
+Apart from the runs, ``replay.py`` and ``hindsight.py`` compare depth policies offline: the full draft pool is
+recorded at every position of a greedy answer, each policy's decisions are replayed over it under a price model,
+and the hindsight oracle bounds what any per-step choice could gain (scripts/policy_replay.py).
+
 Importing this package does not import torch.
 """
