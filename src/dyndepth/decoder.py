@@ -273,7 +273,7 @@ class SpeculativeDecoder:
                 tree_tokens = torch.tensor(tree.tokens, device=device)  # [N]
                 feats, head_feats = target.forward_features(tree_tokens, tree.position_ids(L, device)[0],
                                                             tree.visibility(L, device))  # [N, H], [N, F]
-                logits_at = processed(NodeLogits(feats, target.logits), tree.depths)
+                logits_at = processed(NodeLogits(feats, target.logits, tree), tree.depths)
                 path, bonus = verify(tree, logits_at, params, generator)
                 path_t = torch.tensor(path, device=device)  # [a + 1] tree indices, root first
                 target.commit_path(path_t)

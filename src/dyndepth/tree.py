@@ -115,6 +115,17 @@ class DraftTree:
             kids[self.parents[i]].append(i)
         return kids
 
+    def best_children(self) -> list[int]:
+        """Per node: the tree index of its best-valued child (ties, or a tree without values: the lower index),
+        -1 for a leaf. Following it from a node gives the path verification walks if the draft's most likely
+        branch is right."""
+        best = [-1] * len(self.tokens)
+        for i in range(1, len(self.tokens)):
+            b = best[self.parents[i]]
+            if b < 0 or (self.values is not None and self.values[i] > self.values[b]):
+                best[self.parents[i]] = i
+        return best
+
     def ancestor_mask(self) -> torch.Tensor:
         """[N, N] bool: M[i, j] iff j is i or an ancestor of i (column 0 all True)."""
         n = len(self.tokens)
