@@ -217,7 +217,7 @@ class Target:
         """tokens [n], positions [n], visible [n, L + n] bool (which keys each new token sees) -> features [n, H].
 
         The new tokens' KV entries are appended to the cache. Logits are not computed here: verification asks
-        ``logits`` only for the nodes it visits (a+1 rows instead of N; the lm_head is a large matmul).
+        ``logits`` only for the branches it walks (verify.NodeLogits: one matmul per branch, not per node).
         With the static cache the tokens are padded to ``padded_size(n)`` rows first (pad rows are dropped)."""
         if self.static_cache:
             return self._forward_static(tokens, positions, visible, padded_size(tokens.numel()), self._run)
