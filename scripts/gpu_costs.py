@@ -136,7 +136,7 @@ def verify_curve(model, clock, prefix: int, sizes) -> dict:
 
 @torch.inference_mode()
 def draft_costs(model, spec, clock, prefix: int, widths, n_new: int = 3) -> dict:
-    from dyndepth.draft import grow_pool
+    from dyndepth.drafters.eagle import grow_pool
     from dyndepth.head import DraftHead, DraftKV, head_config
     from dyndepth.policies import FixedDepth
 

@@ -76,13 +76,26 @@ def test_two_decoders_sharing_a_target_do_not_mix(dec, reference):
         next(a)
 
 
-# -- one prompt per call ------------------------------------------------------------------------------------
-def test_batch_input_is_refused_and_one_row_is_accepted(dec, reference):
-    for batch in ([PROMPT, PROMPT], torch.tensor([PROMPT, PROMPT]), np.array([PROMPT, PROMPT])):
-        with pytest.raises(DyndepthError, match="batch input .*not supported yet"):
-            dec.generate(batch, max_new_tokens=4)
-    for one_row in ([PROMPT], torch.tensor([PROMPT]), np.array([PROMPT]), np.array(PROMPT), tuple(PROMPT)):
+# -- one prompt or a list of prompts per call ---------------------------------------------------------------
+def test_a_batch_gives_a_list_and_one_prompt_one_output(dec, reference):
+    for batch in ([PROMPT, PROMPT], torch.tensor([PROMPT, PROMPT]), np.array([PROMPT, PROMPT]), [PROMPT]):
+        outs = dec.generate(batch, max_new_tokens=24)
+        assert isinstance(outs, list) and [o.token_ids for o in outs] == [reference] * len(batch)
+    for one_row in (torch.tensor([PROMPT]), np.array([PROMPT]), np.array(PROMPT), tuple(PROMPT)):
         assert dec.generate(one_row, max_new_tokens=24).token_ids == reference
+
+
+@pytest.mark.parametrize("batch,kwargs,match", [
+    ([PROMPT, [VOCAB]], {}, "prompt 1: input_ids"),
+    ([PROMPT, []], {}, "prompt 1: the prompt is empty"),
+    ([PROMPT, PROMPT], dict(max_new_tokens=[4, 0]), "prompt 1: max_new_tokens"),
+    ([PROMPT, PROMPT], dict(max_new_tokens=[4, 4, 4]), "one value per prompt"),
+    ([PROMPT, PROMPT], dict(batch_size=0), "batch_size"),
+])
+def test_a_bad_row_is_one_line_naming_its_index(dec, batch, kwargs, match):
+    with pytest.raises(DyndepthError, match=match) as info:
+        dec.generate(batch, **{"max_new_tokens": 4, **kwargs})
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("bad", [

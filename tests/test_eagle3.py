@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dyndepth.decoder import SpeculativeDecoder, load_head
-from dyndepth.draft import grow_pool
+from dyndepth.drafters.eagle import grow_pool
 from dyndepth.head import DraftKV, Eagle3Head, default_layers, load_head_dir
 from dyndepth.policies import make_policy
 from tiny_models import VOCAB, eagle3_checkpoint, tiny_deep_target

@@ -34,11 +34,12 @@ def test_joint_distribution_with_an_eagle3_head(toy_target, tmp_path):
         head = load_head(path, "toy", toy_target)
         assert head.feature_layers(4) == (2, 2, 1)
         dec = SpeculativeDecoder(toy_target, head, policy="fixed", top_k=2, total_tokens=6, max_depth=3)
-        n = 1500  # ~35 ms per generation: the test takes about a minute
+        n = 3000  # in batches of 64 rows, every other row another prompt (as tests/test_sampling.py)
         counts, accepted_any = {}, 0
-        for seed in range(n):
-            out = dec.generate(PROMPT, max_new_tokens=3, temperature=params.temperature, top_p=params.top_p,
-                               top_k=params.top_k, seed=seed)
+        rows = [[3, 3, 7, 0, 6] if i % 4 == 3 else PROMPT for i in range(n + n // 3)]  # every 4th another prompt
+        outs = dec.generate(rows, max_new_tokens=3, temperature=params.temperature, top_p=params.top_p,
+                            top_k=params.top_k, seed=list(range(len(rows))), batch_size=64)
+        for out in [o for o, r in zip(outs, rows) if r == PROMPT]:
             counts[tuple(out.token_ids)] = counts.get(tuple(out.token_ids), 0) + 1
             accepted_any += out.stats.accept_lengths[0] > 1
     finally:

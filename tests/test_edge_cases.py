@@ -63,11 +63,19 @@ def test_prompt_at_the_context_limit(target):
     prompt = torch.randint(1, VOCAB - 1, (ctx - n_tree,), generator=g).tolist()
     dec.head = OracleHead(target, prompt[0])
     dec.head.bind(target.embed, target.lm_head.weight)
-    out = dec.generate(prompt, max_new_tokens=50)  # fits: generation stops when the next tree would not
+    out = dec.generate(prompt, max_new_tokens=50)  # near the end the trees shrink: every position is used
     assert out.token_ids == hf_greedy(target, prompt, len(out.token_ids))
     assert out.stats.stop_reason == "context"
+    assert len(out.token_ids) == ctx - len(prompt) + 1  # as plain decoding: the KV cache ends full
+    assert min(s.tree_size for s in out.stats.step_stats) < n_tree  # the last trees were cut to what fits
+    plain = SpeculativeDecoder(target, None, policy="plain")
+    plain.stop_ids = set()
+    assert plain.generate(prompt, max_new_tokens=50).token_ids == out.token_ids
+    dec.head = OracleHead(target, prompt[0])
+    dec.head.bind(target.embed, target.lm_head.weight)
+    assert len(dec.generate((prompt * 2)[:ctx - 1], max_new_tokens=50).token_ids) == 2  # one free position: 2 tokens
     with pytest.raises(DyndepthError, match="too long"):
-        dec.generate(prompt + [5], max_new_tokens=5)
+        dec.generate(prompt[:1] * ctx, max_new_tokens=5)
 
 
 @pytest.mark.parametrize("bad,match", [

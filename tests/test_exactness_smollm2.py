@@ -1,7 +1,8 @@
 """Greedy exactness on a real model: SmolLM2-135M-Instruct in float32, MT-bench first turns.
 
-`ddd` and `fixed` output must equal transformers' ``generate(do_sample=False)`` token for token. The head is the
-shipped one when it exists, else a random one: exactness must not depend on the head's quality.
+`ddd` and `fixed` output must equal transformers' ``generate(do_sample=False)`` token for token, one prompt at a
+time and as rows of a batch (continuous batching, rows joining as others finish). The head is the shipped one when
+it exists, else a random one: exactness must not depend on the head's quality.
 """
 
 import json
@@ -37,17 +38,36 @@ def decoders(smollm2_path):
     }
 
 
-def test_ddd_and_fixed_equal_transformers_greedy(decoders):
+@pytest.fixture(scope="module")
+def references(decoders):
+    """(prompt ids, transformers' greedy answer) per question."""
     target = decoders["ddd"].target
     stop = sorted(target.stop_token_ids())
-    mismatches = []
-    for i, question in enumerate(first_turns(N_QUESTIONS)):
+    out = []
+    for question in first_turns(N_QUESTIONS):
         ids = decoders["ddd"].chat_ids(question)
         ref = target.model.generate(torch.tensor([ids]), max_new_tokens=MAX_NEW, do_sample=False,
                                     eos_token_id=stop, pad_token_id=stop[0])[0, len(ids):].tolist()
+        out.append((ids, ref))
+    return out
+
+
+def test_ddd_and_fixed_equal_transformers_greedy(decoders, references):
+    mismatches = []
+    for i, (ids, ref) in enumerate(references):
         for name, dec in decoders.items():
             out = dec.generate(ids, max_new_tokens=MAX_NEW)
             if out.token_ids != ref:
                 mismatches.append((i, name))
     assert N_QUESTIONS >= 20 or os.environ.get("DYNDEPTH_EXACTNESS_QUESTIONS")
     assert mismatches == []
+
+
+def test_batched_rows_equal_transformers_greedy(decoders, references):
+    """Every row of a batch of 6 (the 20 prompts join as rows finish) equals the prompt's greedy answer alone."""
+    prompts = [ids for ids, _ in references]
+    target = decoders["ddd"].target
+    for dec in (decoders["ddd"], SpeculativeDecoder(target, None, policy="plain")):
+        outs = dec.generate(prompts, max_new_tokens=MAX_NEW, batch_size=6)
+        assert [i for i, (o, (_, ref)) in enumerate(zip(outs, references)) if o.token_ids != ref] == []
+        assert max(s.batch_rows for o in outs for s in o.stats.step_stats) == 6

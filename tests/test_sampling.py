@@ -5,6 +5,10 @@ probabilities of every 3-token continuation with plain forward passes through ``
 thousands of seeded speculative generations with a deliberately wrong draft and compare the empirical joint
 distribution of the first three tokens with a chi-square test. The first token comes from the prefill, the
 second and third from tree verification (accepted nodes, residual resampling and bonus tokens).
+
+The generations run as batches (64 rows at a time), every fourth row sampling another prompt of another length:
+each counted row shares every step with rows that are not its own, and still has exactly the target's law. (A row
+with a seed gives the same text alone or batched: tests/test_batch.py.)
 """
 
 import itertools
@@ -21,6 +25,7 @@ from dyndepth.target import Target
 
 V = 8
 PROMPT = [1, 5, 2]
+OTHER = [3, 3, 7, 0, 6]  # the rows between the counted ones
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +85,10 @@ def test_joint_distribution_of_first_tokens_matches_target(toy_target, params, p
     n = 4000
     counts = {}
     accepted_any = 0
-    for seed in range(n):
-        out = dec.generate(PROMPT, max_new_tokens=3, temperature=params.temperature, top_p=params.top_p,
-                           top_k=params.top_k, seed=seed)
+    rows = [OTHER if i % 4 == 3 else PROMPT for i in range(n + n // 3)]  # every 4th row another prompt
+    outs = dec.generate(rows, max_new_tokens=3, temperature=params.temperature, top_p=params.top_p,
+                        top_k=params.top_k, seed=list(range(len(rows))), batch_size=64)
+    for out in [o for o, r in zip(outs, rows) if r == PROMPT]:
         key = tuple(out.token_ids)
         counts[key] = counts.get(key, 0) + 1
         accepted_any += out.stats.accept_lengths[0] > 1

@@ -14,13 +14,13 @@ import test_exactness_tiny
 import test_sampling
 import tiny_models
 from dyndepth.decoder import SpeculativeDecoder
-from dyndepth.draft import grow_pool
+from dyndepth.drafters.eagle import grow_pool
 from dyndepth.errors import DyndepthError
 from dyndepth.head import DraftHead, DraftKV, StaticDraftKV, head_config
 from dyndepth.policies import make_policy
 from dyndepth.sampling import SamplingParams
-from dyndepth.static_kv import padded_size
-from dyndepth.target import Target
+from dyndepth.target.static import padded_size
+from dyndepth.target import RowInput, Target
 from tiny_models import VOCAB, tiny_config, tiny_decoder, tiny_target
 
 
@@ -39,9 +39,9 @@ def static_forwards(monkeypatch):
     calls = []
     real = Target._forward_static
 
-    def spy(self, tokens, positions, visible, bucket, run):
-        calls.append((tokens.numel(), bucket))
-        return real(self, tokens, positions, visible, bucket, run)
+    def spy(self, rows, bucket, run):
+        calls.append((sum(r.size for r in rows), bucket))
+        return real(self, rows, bucket, run)
 
     monkeypatch.setattr(Target, "_forward_static", spy)
     yield calls
@@ -125,7 +125,8 @@ def test_padding_never_changes_a_real_node(arch):
     for bucket in (7, 8, 16, 64):
         target.prefill(prompt)
         _, tokens, positions, visible = _tree_inputs(target, 7)
-        outs.append(target._forward_static(tokens, positions, visible, bucket, target._run_base))
+        row = RowInput(target._row, tokens, positions, visible)
+        outs.append(target._forward_static([row], bucket, target._run_base))
     for out in outs[1:]:
         assert torch.allclose(out, outs[0], atol=1e-6)
 
@@ -150,10 +151,11 @@ def test_in_place_compaction_matches_the_dynamic_cache(arch):
     assert feats["static"][2] == feats["dynamic"][2] == 20 + len(path)
     assert torch.allclose(feats["static"][0], feats["dynamic"][0], atol=1e-5)
     assert torch.allclose(feats["static"][1], feats["dynamic"][1], atol=1e-5)
-    L = static.length
-    for d_layer, s_layer in zip(dynamic.cache.layers, static.cache.layers):
-        assert torch.allclose(s_layer.keys[..., :L, :], d_layer.keys[..., :L, :], atol=1e-5)
-        assert torch.allclose(s_layer.values[..., :L, :], d_layer.values[..., :L, :], atol=1e-5)
+    L, start = static.length, static._row.start
+    for i, s_layer in enumerate(static.cache.layers):
+        assert torch.allclose(s_layer.keys[..., start:start + L, :], dynamic._row.keys[i][..., :L, :], atol=1e-5)
+        assert torch.allclose(s_layer.values[..., start:start + L, :], dynamic._row.values[i][..., :L, :],
+                              atol=1e-5)
 
 
 def test_static_draft_cache_grows_the_same_pools():
@@ -176,16 +178,17 @@ def test_static_draft_cache_grows_the_same_pools():
         assert torch.allclose(pools[0].level(d)[1], pools[1].level(d)[1], atol=1e-5)
 
 
-def test_the_decoder_keeps_one_static_draft_cache_across_generations():
+def test_static_rows_get_static_draft_caches_and_reuse_the_buffers():
     dec = tiny_decoder("qwen2", policy="fixed", top_k=3, total_tokens=8, max_depth=4)
     static = SpeculativeDecoder(dec.target.variant(static_cache=True, max_len=128), dec.head, policy="fixed",
                                 top_k=3, total_tokens=8, max_depth=4)
+    cache = static.new_draft_cache()
+    assert isinstance(cache, StaticDraftKV) and cache.capacity == 128 + 4 * 3
     prompt = [5, 9, 200, 17]
     first = static.generate(prompt, max_new_tokens=20).token_ids
-    cache = static._static_draft
-    assert cache.capacity == 128 + 4 * 3 and cache.keys.shape[-2] == cache.capacity
+    buffers = static.target.cache.layers[0].keys.data_ptr()
     assert static.generate(prompt, max_new_tokens=20).token_ids == first == dec.generate(prompt, 20).token_ids
-    assert static._static_draft is cache
+    assert static.target.cache.layers[0].keys.data_ptr() == buffers  # the region was given back and reused
 
 
 def test_generation_stops_at_max_len():
@@ -255,8 +258,8 @@ def test_compiled_forward_is_lossless_and_compiles_once_per_bucket():
 
 
 def test_cropping_a_layer_to_a_prefix_keeps_the_buffer():
-    """The cost probe (auto policy) drops a tree's entries with ``layer.keys = layer.keys[..., :L, :]``: on the
-    static cache that keeps the buffer (and its address); the probe then leaves a working target."""
+    """Assigning a prefix view to a layer (``layer.keys = layer.keys[..., :L, :]``, the DynamicCache idiom) keeps
+    the static buffer and its address; the auto policy's probe leaves a working static target."""
     dec = tiny_decoder("llama", policy="auto", top_k=3, total_tokens=8, max_depth=4)
     static = SpeculativeDecoder(dec.target.variant(static_cache=True, max_len=128), dec.head, policy="auto", top_k=3,
                                 total_tokens=8, max_depth=4)

@@ -1,14 +1,21 @@
-"""SpeculativeDecoder: the one generation loop.
+"""SpeculativeDecoder: the Python API over the engine (engine/: sequences, the batch step, the scheduler).
 
-    prefill:  logits, F = target(prompt)            # F: the target's features [L, H]
-              root = pick(logits[-1])               # the first new token; emitted at once
+    dec = SpeculativeDecoder.from_pretrained(target, head, policy=...)
+    dec.generate(prompt) -> GenerationOutput            dec.generate([p1, p2, ...]) -> [GenerationOutput, ...]
+    dec.stream(prompt or prompts) -> token ids per step  dec.stream_text(...) -> TextChunk per row and step
+
+Every call builds one Sequence per prompt and drives a Scheduler until all are done: rows join the batch as
+others leave (``batch_size`` at a time), and each step is engine/step.py:
+
+    prefill:  F = target(prompt)                     # chunked while other rows decode
+              root = pick(logits[-1])                # the first new token; emitted at once
               pairs = (F[j], prompt[j+1]) .. (F[L-1], root)
-    each step:
-              pool = grow_pool(head, pairs)         # draft.py: depth chosen by the depth policy
-              tree = pool.select(root, N - 1)       # tree.py: rerank, connected, root first
-              F = target(tree.tokens, positions L + depth, tree mask)   # ONE forward
-              path, bonus = verify(tree, logits of F) # verify.py: greedy match or rejection sampling
-              commit root + accepted nodes into the target KV (L += a + 1); emit accepted + bonus
+    each step, for every row at once:
+              pool = grow_pools(head, pairs)         # drafters/eagle.py: depth chosen per row by the depth policy
+              tree = pool.select(root, N - 1)        # tree.py: rerank, connected, root first; N per row
+              F = target(all rows' trees)            # ONE forward, each row with its own positions and tree mask
+              path, bonus = verify(tree, logits of F) # verify.py: greedy match or rejection sampling, per row
+              commit root + accepted nodes into the row's KV (L += a + 1); emit accepted + bonus
               pairs = (F[path], accepted tokens + bonus); root = bonus
 
 Plain decoding is the same loop with the ``plain`` policy: no draft, every tree is the root alone.
@@ -16,7 +23,6 @@ Plain decoding is the same loop with the ``plain`` policy: no draft, every tree 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -24,18 +30,16 @@ from typing import Iterator
 import torch
 
 from dyndepth import validate
-from dyndepth.draft import grow_pool
+from dyndepth.engine.scheduler import DEFAULT_MAX_BATCH, Scheduler
+from dyndepth.engine.sequence import Sequence
 from dyndepth.errors import DyndepthError
 from dyndepth.head import DraftHead, DraftKV, StaticDraftKV, head_config
 from dyndepth.policies import AUTO_OPTIONS, DepthPolicy, make_policy
 from dyndepth.request import GenerationRequest, ResolvedRequest
-from dyndepth.sampling import SamplingParams, pick_token
-from dyndepth.stats import GenerationStats, StepStats
+from dyndepth.stats import GenerationStats
 from dyndepth.target import Target, parse_dtype
 from dyndepth.text import TextChunk, TextStream
-from dyndepth.tree import DraftTree
 from dyndepth.validate import OptionError
-from dyndepth.verify import NodeLogits, verify
 
 # Tokens verified per step (root included). EAGLE-2 uses 60 on GPUs; a CPU's verify cost grows quickly with N.
 DEFAULT_TOTAL_TOKENS = {"cpu": 24, "cuda": 60}
@@ -49,6 +53,12 @@ class GenerationOutput:
     token_ids: list[int]  # the new tokens only (a final stop token included, like transformers' generate)
     stats: GenerationStats
     text: str | None = None
+    error: str | None = None  # batch calls: why this row failed (the other rows are unaffected); else None
+
+
+GENERATION_OPTIONS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids",
+                      "min_new_tokens", "ignore_eos")
+PER_PROMPT = ("max_new_tokens", "seed", "stop")  # options a batch call may give one value per prompt
 
 
 class SpeculativeDecoder:
@@ -138,184 +148,152 @@ class SpeculativeDecoder:
         return list(out)
 
     # -- generation ------------------------------------------------------------------------------------
-    # One decoder (more exactly: one Target, which owns the KV cache) runs one generation at a time. Starting a
-    # generation (generate, stream, stream_text) takes the target over; a stream that was open before is then
-    # invalidated, and its next ``next()`` raises DyndepthError instead of returning corrupted tokens.
+    # One decoder runs one generation call at a time (one prompt, or one batch of prompts). Starting a call
+    # (generate, stream, stream_text) takes the target over; a stream that was open before is then invalidated,
+    # and its next ``next()`` raises DyndepthError.
 
-    def generate(self, input_ids, max_new_tokens: int = 256, temperature: float | None = None,
-                 top_p: float | None = None, top_k: int | None = None, seed: int | None = None, *,
-                 stop=None, stop_token_ids=(), min_new_tokens: int = 0, ignore_eos: bool = False) -> GenerationOutput:
-        """Decode to the end -> GenerationOutput (token_ids, stats, text). Options left None take the target's
-        generation_config.json values (greedy when it does not sample); see dyndepth.request."""
-        stats = GenerationStats()
-        tokens: list[int] = []
-        texts: list[str] = []
-        request = GenerationRequest(max_new_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids,
-                                    min_new_tokens, ignore_eos)
-        for chunk in self._start(input_ids, request, stats, want_text=self.tokenizer is not None):
-            tokens.extend(chunk.token_ids)
-            texts.append(chunk.text or "")
-        return GenerationOutput(tokens, stats, "".join(texts) if self.tokenizer is not None else None)
+    def generate(self, input_ids, max_new_tokens=256, temperature: float | None = None, top_p: float | None = None,
+                 top_k: int | None = None, seed=None, *, stop=None, stop_token_ids=(), min_new_tokens: int = 0,
+                 ignore_eos: bool = False, batch_size: int | None = None):
+        """Decode to the end. One prompt (token ids) -> GenerationOutput (token_ids, stats, text); a list of
+        prompts -> a list of GenerationOutput in the same order, decoded ``batch_size`` rows at a time (default 8
+        on a CPU), a row that fails carrying its ``error`` while the others complete. ``max_new_tokens``, ``seed``
+        and ``stop`` may give one value per prompt. Options left None take the target's generation_config.json
+        values (greedy when it does not sample); see dyndepth.request."""
+        options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                       stop=stop, stop_token_ids=stop_token_ids, min_new_tokens=min_new_tokens, ignore_eos=ignore_eos)
+        seqs, batch = self._sequences(input_ids, options, want_text=self.tokenizer is not None)
+        tokens: list[list[int]] = [[] for _ in seqs]
+        texts: list[list[str]] = [[] for _ in seqs]
+        errors: list[str | None] = [None] * len(seqs)
+        for chunk, error in self._run(seqs, batch_size, raise_errors=not batch):
+            if error is not None:
+                errors[chunk.row] = _one_line(error)
+                continue
+            tokens[chunk.row].extend(chunk.token_ids)
+            texts[chunk.row].append(chunk.text or "")
+        outs = [GenerationOutput(t, s.stats, "".join(x) if self.tokenizer is not None else None, e)
+                for t, x, s, e in zip(tokens, texts, seqs, errors)]
+        return outs if batch else outs[0]
 
-    def stream(self, input_ids, max_new_tokens: int = 256, temperature: float | None = None,
-               top_p: float | None = None, top_k: int | None = None, seed: int | None = None, *,
-               stop=None, stop_token_ids=(), min_new_tokens: int = 0, ignore_eos: bool = False,
-               stats: GenerationStats | None = None) -> Iterator[list[int]]:
-        """Yield the token ids committed at each step (the first chunk is the prefill's token). Every option is
-        checked here, before the first ``next()``."""
-        loop = self._start(input_ids, GenerationRequest(max_new_tokens, temperature, top_p, top_k, seed, stop,
-                                                        stop_token_ids, min_new_tokens, ignore_eos), stats, False)
-        return _token_ids_of(loop)
+    def stream(self, input_ids, max_new_tokens=256, temperature: float | None = None, top_p: float | None = None,
+               top_k: int | None = None, seed=None, *, stop=None, stop_token_ids=(), min_new_tokens: int = 0,
+               ignore_eos: bool = False, stats: GenerationStats | None = None,
+               batch_size: int | None = None) -> Iterator[list[int]]:
+        """Yield the token ids committed at each step (the first chunk is the prefill's token); for a list of
+        prompts, use ``stream_text`` (its chunks name their row). Every option is checked here, before the first
+        ``next()``."""
+        options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                       stop=stop, stop_token_ids=stop_token_ids, min_new_tokens=min_new_tokens, ignore_eos=ignore_eos)
+        seqs, batch = self._sequences(input_ids, options, want_text=False, stats=stats)
+        if batch:
+            raise DyndepthError("stream() takes one prompt; for a list of prompts use stream_text(), whose chunks "
+                                "carry their row")
+        return _token_ids_of(self._run(seqs, batch_size, raise_errors=True))
 
-    def stream_text(self, input_ids, max_new_tokens: int = 256, temperature: float | None = None,
-                    top_p: float | None = None, top_k: int | None = None, seed: int | None = None, *,
-                    stop=None, stop_token_ids=(), min_new_tokens: int = 0, ignore_eos: bool = False,
-                    stats: GenerationStats | None = None) -> Iterator[TextChunk]:
-        """Like ``stream``, but each step yields a TextChunk: its token ids and the text they add, detokenised
-        incrementally (multi-byte characters are never split; text that may begin a stop string is held back)."""
+    def stream_text(self, input_ids, max_new_tokens=256, temperature: float | None = None,
+                    top_p: float | None = None, top_k: int | None = None, seed=None, *, stop=None,
+                    stop_token_ids=(), min_new_tokens: int = 0, ignore_eos: bool = False,
+                    stats: GenerationStats | None = None, batch_size: int | None = None) -> Iterator[TextChunk]:
+        """Like ``stream``, but each step yields a TextChunk per row: its token ids, the text they add, detokenised
+        incrementally (multi-byte characters are never split; text that may begin a stop string is held back), and
+        ``row``, the prompt's index (0 for a single prompt). For a list of prompts a row that fails ends alone:
+        the stream raises its error once the other rows are done."""
         if self.tokenizer is None:
             raise DyndepthError("stream_text needs a target with a tokenizer; use stream() for token ids")
-        return self._start(input_ids, GenerationRequest(max_new_tokens, temperature, top_p, top_k, seed, stop,
-                                                        stop_token_ids, min_new_tokens, ignore_eos), stats, True)
+        options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                       stop=stop, stop_token_ids=stop_token_ids, min_new_tokens=min_new_tokens, ignore_eos=ignore_eos)
+        seqs, batch = self._sequences(input_ids, options, want_text=True, stats=stats)
+        return _chunks_of(self._run(seqs, batch_size, raise_errors=not batch))
 
-    def _start(self, input_ids, request: GenerationRequest, stats, want_text: bool):
+    # -- building sequences ------------------------------------------------------------------------------------
+    def sequence(self, input_ids, options: dict, want_text: bool, stats: GenerationStats | None = None,
+                 row: int = 0) -> Sequence:
+        """One prompt and its generation options (GenerationRequest's keywords) -> a checked Sequence."""
         ids = self._prepare_ids(input_ids)  # [L]
-        req = request.resolved(getattr(self.target.model, "generation_config", None), self.vocab_size,
-                               self.stop_ids)
+        req = GenerationRequest(**options).resolved(getattr(self.target.model, "generation_config", None),
+                                                    self.vocab_size, self.stop_ids)
         if req.request.stop and self.tokenizer is None:
             raise DyndepthError("stop strings need a target with a tokenizer")
-        params = SamplingParams(req.temperature, req.top_p, req.top_k)
-        n_tree = self.total_tokens if self.policy.max_depth > 0 else 1
         context = self.target.max_context
-        if ids.numel() + n_tree > context:
-            raise DyndepthError(f"prompt of {ids.numel()} tokens is too long: it plus a tree of {n_tree} tokens "
-                                f"must fit the model's context of {context} tokens")
-        stats = stats if stats is not None else GenerationStats()
-        self.last_stats, self.last_request = stats, req
-        generator = None
-        if not params.greedy:
-            generator = torch.Generator(device=self.target.device)
-            seed = req.request.seed
-            generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
+        if ids.numel() >= context:
+            raise DyndepthError(f"prompt of {ids.numel()} tokens is too long: the model's context is {context} "
+                                f"tokens, and at least one new token must fit")
         texts = TextStream(self.tokenizer, req.request.stop) if (want_text or req.request.stop) else None
+        return Sequence(ids, req, texts, stats, row)
+
+    def _sequences(self, input_ids, options: dict, want_text: bool, stats=None) -> tuple[list[Sequence], bool]:
+        prompts, batch = self._split_prompts(input_ids)
+        if not batch:
+            seq = self.sequence(prompts[0], options, want_text, stats)
+            self.last_stats, self.last_request = seq.stats, seq.request
+            return [seq], False
+        per_row = _per_prompt_options(options, len(prompts))
+        seqs = []
+        for i, (prompt, opts) in enumerate(zip(prompts, per_row)):
+            try:
+                seqs.append(self.sequence(prompt, opts, want_text, row=i))
+            except DyndepthError as exc:  # name the row: one line
+                raise DyndepthError(f"prompt {i}: {exc}") from None
+        self.last_stats, self.last_request = [s.stats for s in seqs], [s.request for s in seqs]
+        return seqs, True
+
+    def _run(self, seqs: list[Sequence], batch_size, raise_errors: bool):
+        """Drive a Scheduler over ``seqs`` until every row is done -> (TextChunk, None) per row and step, and
+        (a chunk naming the row, error) for a row that failed (raised instead when ``raise_errors``)."""
+        size = validate.integer("batch_size", batch_size, lo=1) if batch_size is not None else None
+        default = DEFAULT_MAX_BATCH["cuda" if self.target.device.type == "cuda" else "cpu"]
+        scheduler = Scheduler(self, max_batch_size=size or min(len(seqs), default))
+        for seq in seqs:
+            scheduler.add(seq)
         owner = self.target.claim()  # from here on, any older stream of this target is invalid
-        return self._loop(ids, req, params, generator, stats, texts, owner)
+        return self._drive(scheduler, owner, raise_errors)
 
-    def _loop(self, ids, req: ResolvedRequest, params, generator, stats, texts, owner) -> Iterator[TextChunk]:
-        target, head, policy = self.target, self.head, self.policy
-        device = target.device
-        max_new_tokens, min_new_tokens = req.request.max_new_tokens, req.request.min_new_tokens
-        stop_ids = req.stop_ids
-        suppress = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device) if min_new_tokens else None
-        stats.prompt_tokens = ids.numel()
-        start = _now(device)
-        emitted = 0
-
-        def emit(tokens: list[int]) -> tuple[TextChunk, bool]:
-            """Append committed tokens until a stop condition; the chunk holds what was kept."""
-            nonlocal emitted
-            out, done = [], False
-            for tok in tokens:
-                out.append(tok)
-                emitted += 1
-                if tok in stop_ids:
-                    stats.stop_reason, done = "stop_token", True
-                elif texts is not None and texts.push(tok):
-                    stats.stop_reason, done = "stop_string", True
-                elif emitted >= max_new_tokens:
-                    stats.stop_reason, done = "max_new_tokens", True
-                if done:
-                    break
-            return TextChunk(out, texts.take(final=done) if texts is not None else None), done
-
-        def processed(logits_at, depth_of):
-            """Target logits as generate's logits processors see them: stop ids at -inf before min_new_tokens."""
-            if suppress is None or emitted >= min_new_tokens:
-                return logits_at
-            return lambda i: (logits_at(i).index_fill(-1, suppress, float("-inf"))
-                              if emitted + depth_of[i] < min_new_tokens else logits_at(i))
-
-        def check_owner():
-            if target.owner is not owner:
-                raise DyndepthError("this stream was invalidated: a newer generation started on the same "
-                                    "decoder (one decoder runs one generation at a time)")
-
+    def _drive(self, scheduler: Scheduler, owner, raise_errors: bool):
+        target = self.target
         try:
-            check_owner()
-            logits, feats, head_feats = target.prefill_features(ids, head)  # [V], [L, H], [L, F] (F: head's input)
-            root = pick_token(processed(lambda _: logits, [0])(0), params, generator)
-            pair_tokens = torch.cat([ids[1:], torch.tensor([root], device=device)])  # [L]
-            pair_feats = head_feats  # [L, F]
-            draft_cache = self._draft_cache()
-            stats.prefill_time_s = _now(device) - start
-            chunk, done = emit([root])
-            stats.new_tokens = emitted
-            yield chunk
-            n_tree = self.total_tokens if policy.max_depth > 0 else 1
-            while not done:
-                check_owner()
-                L = target.length
-                if L + n_tree > target.max_context:
-                    stats.stop_reason = "context"
-                    tail = texts.take(final=True) if texts is not None else ""
-                    if tail:
-                        yield TextChunk([], tail)
-                    break
-                t0 = _now(device)
-                pool = None
-                if policy.max_depth > 0:
-                    pool = grow_pool(head, draft_cache, pair_tokens, pair_feats, policy, self.top_k)
-                    tree = pool.select(root, policy.tree_size(pool, n_tree) - 1)
-                    depth = pool.depth
-                else:
-                    tree, depth = DraftTree.root_only(root), 0
-                t1 = _now(device)
-                tree_tokens = torch.tensor(tree.tokens, device=device)  # [N]
-                feats, head_feats = target.forward_features(tree_tokens, tree.position_ids(L, device)[0],
-                                                            tree.visibility(L, device))  # [N, H], [N, F]
-                logits_at = processed(NodeLogits(feats, target.logits, tree), tree.depths)
-                path, bonus = verify(tree, logits_at, params, generator)
-                path_t = torch.tensor(path, device=device)  # [a + 1] tree indices, root first
-                target.commit_path(path_t)
-                t2 = _now(device)
-                new = [tree.tokens[i] for i in path[1:]] + [bonus]  # accepted nodes + bonus
-                pair_tokens = torch.tensor(new, device=device)  # [a + 1]
-                pair_feats = head_feats[path_t]  # [a + 1, F]
-                root = bonus
-                chunk, done = emit(new)
-                on_path = set(path)
-                step = StepStats(committed=len(chunk.token_ids), accepted=len(path) - 1, depth=depth,
-                                 tree_size=len(tree), draft_time_s=t1 - t0, verify_time_s=t2 - t1,
-                                 beam_log_mass=float(pool.beam_log_mass) if pool is not None else None,
-                                 predicted_accepted=policy.prediction(), node_values=tree.values[1:],
-                                 node_parents=tree.parents[1:], node_depths=tree.depths[1:],
-                                 node_accepted=[i in on_path for i in range(1, len(tree))])
-                stats.step_stats.append(step)
-                stats.new_tokens = emitted
-                policy.observe(step)
-                yield chunk
+            while scheduler.has_work:
+                if target.owner is not owner:
+                    raise DyndepthError("this stream was invalidated: a newer generation started on the same "
+                                        "decoder (one decoder runs one generation at a time)")
+                for event in scheduler.step():
+                    if event.error is not None:
+                        if raise_errors:
+                            raise event.error
+                        yield TextChunk([], None, event.seq.row), event.error
+                    elif event.chunk is not None:
+                        yield event.chunk, None
         finally:
-            stats.total_time_s = _now(device) - start
+            scheduler.close()
             target.release(owner)
 
-    def _draft_cache(self) -> DraftKV:
-        """An empty draft KV cache: static buffers (kept across generations) when the target is static."""
+    def new_draft_cache(self) -> DraftKV:
+        """An empty draft KV cache for one row: static buffers when the target is static."""
         if not self.target.static_cache:
             return DraftKV()
-        capacity = self.target.max_context + max(1, self.policy.max_depth) * self.top_k  # committed + scratch
-        cache = getattr(self, "_static_draft", None)
-        if cache is None or cache.capacity != capacity:
-            cache = self._static_draft = StaticDraftKV(capacity)
-        cache.reset()
-        return cache
+        return StaticDraftKV(self.target.max_context + max(1, self.policy.max_depth) * self.top_k)  # + scratch
 
     @property
     def vocab_size(self) -> int:
         return int(self.target.lm_head.weight.shape[0])
 
+    def _split_prompts(self, input_ids) -> tuple[list, bool]:
+        """-> (prompts, is_batch). A list (or tuple) whose items are sequences or tensors is a batch, as is a 2-D
+        tensor (or array) with more than one row; anything else is one prompt ([L], or [1, L] as transformers)."""
+        if isinstance(input_ids, torch.Tensor) or hasattr(input_ids, "ndim"):
+            if getattr(input_ids, "ndim", 1) == 2 and input_ids.shape[0] > 1:
+                return [input_ids[i] for i in range(input_ids.shape[0])], True
+            if getattr(input_ids, "ndim", 1) == 2 and input_ids.shape[0] == 1:
+                return [input_ids[0]], False
+            return [input_ids], False
+        if isinstance(input_ids, (list, tuple)) and input_ids and all(
+                isinstance(r, (list, tuple, torch.Tensor)) or hasattr(r, "ndim") for r in input_ids):
+            return list(input_ids), True
+        return [input_ids], False
+
     def _prepare_ids(self, input_ids) -> torch.Tensor:
-        """One prompt of token ids -> [L] long tensor on the target's device. Refuses strings, floats, bools,
-        out-of-range ids and batches of several prompts (batch > 1 is not supported yet)."""
+        """One prompt of token ids -> [L] long tensor on the target's device. Refuses strings, floats, bools and
+        out-of-range ids."""
         if isinstance(input_ids, (str, bytes)):
             raise DyndepthError("input_ids must be token ids; use dec.tokenizer(...) or dec.chat_ids(...) first")
         if isinstance(input_ids, torch.Tensor):
@@ -329,15 +307,7 @@ class SpeculativeDecoder:
                 rows = list(input_ids)
             except TypeError:
                 raise OptionError("input_ids", input_ids, "must be a sequence of token ids") from None
-            if rows and all(isinstance(r, (list, tuple)) for r in rows):
-                if len(rows) > 1:
-                    raise DyndepthError(f"batch input ({len(rows)} prompts) is not supported yet: dyndepth "
-                                        f"decodes one prompt at a time (batch > 1 is planned); pass one prompt")
-                rows = list(rows[0])
             ids = torch.tensor(validate.token_ids("input_ids", rows, self.vocab_size), dtype=torch.long)
-        if ids.dim() == 2 and ids.shape[0] > 1:
-            raise DyndepthError(f"batch input ({ids.shape[0]} prompts) is not supported yet: dyndepth decodes "
-                                f"one prompt at a time (batch > 1 is planned); pass one prompt")
         if ids.dim() > 2 or (ids.dim() == 2 and ids.shape[0] != 1):
             raise OptionError("input_ids", f"a tensor of shape {tuple(ids.shape)}", "must be [L] or [1, L]")
         ids = ids.reshape(-1).long()
@@ -351,10 +321,46 @@ class SpeculativeDecoder:
 
 def _token_ids_of(loop) -> Iterator[list[int]]:
     try:
-        for chunk in loop:
+        for chunk, _ in loop:
             yield chunk.token_ids
     finally:
         loop.close()
+
+
+def _chunks_of(loop) -> Iterator[TextChunk]:
+    """A batch stream's chunks; a failed row's error is raised once every other row is done."""
+    failed = None
+    try:
+        for chunk, error in loop:
+            if error is None:
+                yield chunk
+            elif failed is None:
+                failed = error
+    finally:
+        loop.close()
+    if failed is not None:
+        raise failed
+
+
+def _per_prompt_options(options: dict, n: int) -> list[dict]:
+    """Options for each of n prompts: ``max_new_tokens``, ``seed`` and ``stop`` may hold one value per prompt
+    (a list of n; for ``stop`` a list of n lists); every other option applies to all."""
+    rows = [dict(options) for _ in range(n)]
+    for name in PER_PROMPT:
+        value = options.get(name)
+        per = isinstance(value, (list, tuple)) and (name != "stop" or any(not isinstance(v, str) for v in value))
+        if not per:
+            continue
+        if len(value) != n:
+            raise OptionError(name, f"{len(value)} values", f"must give one value per prompt ({n}) or one for all")
+        for row, v in zip(rows, value):
+            row[name] = v
+    return rows
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def load_head(head, target_name: str, target: Target, seed: int = 0):
@@ -377,9 +383,3 @@ def load_head(head, target_name: str, target: Target, seed: int = 0):
     draft = load_head_dir(head, dtype=target.dtype, device=target.device)
     draft.feature_layers(target.num_layers)  # an EAGLE-3 head's layers must exist in this target
     return draft
-
-
-def _now(device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()

@@ -9,13 +9,15 @@ from typing import ClassVar
 @dataclass
 class StepStats:
     committed: int  # tokens emitted this step: a + 1, less what followed a stop token or max_new_tokens
-    accepted: int  # draft nodes the target accepted (a), before any trimming
+    accepted: int  # accepted draft nodes that were emitted: min(a, committed) (a stop cuts them like the bonus)
     depth: int  # levels the head drafted (0 = no draft)
     tree_size: int  # tokens verified, root included (N)
     draft_time_s: float
     verify_time_s: float
     beam_log_mass: float | None = None  # logsumexp of the deepest beam's path log-values (DDD's H at that depth)
     predicted_accepted: float | None = None  # the policy's E[accepted] for this tree (auto), else None
+    batch_rows: int = 1  # rows (sequences) in this step's target forward
+    batch_tokens: int = 0  # tokens in this step's target forward, all rows (draft_time_s / verify_time_s are its)
     # The verified tree's draft nodes (root excluded), for policies that learn from them: path log-values,
     # parents (tree indices, 0 = the root), depths, and whether each was accepted (on the accepted path).
     # Not written by to_dict.
@@ -36,7 +38,7 @@ class GenerationStats:
     new_tokens: int = 0
     prefill_time_s: float = 0.0
     total_time_s: float = 0.0
-    stop_reason: str = ""  # "stop_token", "max_new_tokens" or "context"
+    stop_reason: str = ""  # "stop_token", "stop_string", "max_new_tokens" or "context" ("" if cancelled)
     step_stats: list[StepStats] = field(default_factory=list)
 
     @property

@@ -26,11 +26,12 @@ from dataclasses import dataclass
 
 @dataclass
 class TextChunk:
-    """What one step commits: its token ids and the text they add (possibly "" while a character or a
-    possible stop string is incomplete)."""
+    """What one step commits for one row: its token ids and the text they add (possibly "" while a character or a
+    possible stop string is incomplete). ``row``: the prompt's index in a batch call (0 for a single prompt)."""
 
     token_ids: list[int]
-    text: str
+    text: str | None
+    row: int = 0
 
 
 class TextStream:

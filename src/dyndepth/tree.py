@@ -129,15 +129,13 @@ class DraftTree:
     def ancestor_mask(self) -> torch.Tensor:
         """[N, N] bool: M[i, j] iff j is i or an ancestor of i (column 0 all True)."""
         n = len(self.tokens)
-        parent = torch.tensor(self.parents)  # [N]
-        mask = torch.eye(n, dtype=torch.bool)
-        rows = torch.arange(n)
-        cur = parent.clone()
-        for _ in range(self.max_depth):  # walk up one generation per pass, vectorised over nodes
-            has = cur >= 0
-            mask[rows[has], cur[has]] = True
-            cur = torch.where(has, parent[cur.clamp(min=0)], cur)
-        return mask
+        bits = [1]  # per node, its ancestors and itself as the bits of an int (parents precede children)
+        for i in range(1, n):
+            bits.append(bits[self.parents[i]] | (1 << i))
+        powers = 1 << torch.arange(n, dtype=torch.long) if n < 63 else None
+        if powers is not None:
+            return (torch.tensor(bits, dtype=torch.long)[:, None] & powers[None, :]) != 0
+        return torch.tensor([[(b >> j) & 1 for j in range(n)] for b in bits], dtype=torch.bool)
 
     def visibility(self, committed: int, device) -> torch.Tensor:
         """[N, committed + N] bool: every node sees the committed prefix, its ancestors and itself.

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from dyndepth.draft import grow_pool
+from dyndepth.drafters.eagle import grow_pool
 from dyndepth.head import DraftKV
 from dyndepth.policies.base import DepthPolicy
 from dyndepth.stats import StepStats

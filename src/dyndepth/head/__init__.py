@@ -2,7 +2,7 @@
 shared attention (``attention``), config checks (``fields``) and checkpoints (``checkpoint``: ``load_head_dir`` tells the two
 kinds apart by the checkpoint). The shipped weights live in ``dyndepth/head_weights/``.
 
-Both heads offer what tree growth (``dyndepth.draft``) uses: ``project(target_features)``, ``forward(tokens,
+Both heads offer what tree growth (``dyndepth.drafters.eagle``) uses: ``project(target_features)``, ``forward(tokens,
 features, positions, cache, mask)`` -> hidden fed back, ``logits(hidden)`` over the draft vocabulary,
 ``to_target_ids``, ``draft_vocab_size``, ``bind(embed, lm_head_weight)``, and ``feature_layers(L)`` (which target
 hidden states they read; None = the final-normed last hidden state).

@@ -8,7 +8,7 @@ from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from dyndepth.head.kv import DraftKV
+from dyndepth.head.kv import DraftKV, DraftRows
 
 
 def head_dim_of(config) -> int:
@@ -31,13 +31,16 @@ class EagleAttention(nn.Module):
         self.v_proj = nn.Linear(in_size, self.n_kv * self.d_head, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.d_head, h, bias=False)
 
-    def forward(self, x, cos, sin, cache: DraftKV | None, mask: torch.Tensor | None):
+    def forward(self, x, cos, sin, cache: DraftKV | DraftRows | None, mask: torch.Tensor | None):
         # x [B, n, in]; cos/sin [B, n, d_head]; mask: additive or bool [B|1, 1, n, S], or None (= causal, no cache)
         b, n, _ = x.shape
         q = self.q_proj(x).view(b, n, self.n_heads, self.d_head).transpose(1, 2)  # [B, n_h, n, d]
         k = self.k_proj(x).view(b, n, self.n_kv, self.d_head).transpose(1, 2)  # [B, n_kv, n, d]
         v = self.v_proj(x).view(b, n, self.n_kv, self.d_head).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        if isinstance(cache, DraftRows):  # several rows flattened into n (B = 1): each attends to its own cache
+            out = cache.attend(q, k, v, gqa=self.n_kv != self.n_heads)  # [1, n_h, n, d]
+            return self.o_proj(out.transpose(1, 2).reshape(b, n, self.n_heads * self.d_head))
         if cache is not None:
             k, v = cache.append(k, v)  # [B, n_kv, S, d]
             mask = cache.widen(mask)  # a static cache returns its whole buffers: mask their unwritten tail

@@ -1,8 +1,11 @@
-"""The draft head's KV cache (shared by the EAGLE-1/2 and EAGLE-3 heads): growing, or static buffers."""
+"""The draft head's KV cache (shared by the EAGLE-1/2 and EAGLE-3 heads): growing, or static buffers; and
+``DraftRows``, several rows' caches in one ragged head forward."""
 
 from __future__ import annotations
 
 import torch
+
+from dyndepth.ragged import RowSpan, attend
 
 
 class DraftKV:
@@ -78,3 +81,18 @@ class StaticDraftKV(DraftKV):
 
     def crop_to_committed(self) -> None:
         self._length = self.committed
+
+
+class DraftRows:
+    """Several rows in one head forward (their tokens flattened, B = 1): row i's tokens are ``spans[i]``, its cache
+    ``caches[i]``, its additive mask ``masks[i]`` [1, 1, t_i, S_i] over its cache's entries after this forward's
+    are appended (None: each new token sees every entry)."""
+
+    def __init__(self, caches: list[DraftKV], spans: list[RowSpan], masks: list[torch.Tensor | None]):
+        self.caches, self.spans, self.masks = caches, spans, masks
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gqa: bool) -> torch.Tensor:
+        """q [1, h, T, d], k/v [1, n_kv, T, d] (the new entries) -> [1, h, T, d]."""
+        written = [c.append(k[:, :, s.start:s.stop], v[:, :, s.start:s.stop]) for c, s in zip(self.caches, self.spans)]
+        masks = [c.widen(m) for c, m in zip(self.caches, self.masks)]
+        return attend(q, self.spans, written.__getitem__, masks.__getitem__, None, gqa)

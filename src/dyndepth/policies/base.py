@@ -2,9 +2,9 @@
 
 A policy is a small object, testable without a model. The tree grower (draft.py) produces level 1 from the root
 forward, then before each further expansion asks ``policy.should_stop(depth, beam_log_values, pool)`` with the
-path values (log space) of the current depth's beam and the pool grown so far. It never expands past
-``policy.max_depth`` levels. The loop then verifies ``policy.tree_size(pool, n_max)`` tokens (root included): the
-best nodes of the pool by path value. ``observe(step)`` receives each step's measured statistics (tokens
+path values (log space) of the current depth's beam and the pool grown so far, for every row of a batch on its own.
+It never expands past ``policy.max_depth`` levels. The step then verifies ``policy.tree_sizes(pools, n_max)`` tokens
+per row (root included): the best nodes of each row's pool by path value. ``observe(step)`` receives each step's measured statistics (tokens
 committed, depth, tree size, draft and verify time, the verified nodes' values and depths and which were
 accepted), so a policy can tune itself; ``prepare(decoder)`` runs once when a decoder is built.
 """
@@ -27,8 +27,25 @@ class DepthPolicy:
         """Tokens to verify this step, root included (1..n_max). The cost-blind policies verify n_max."""
         return n_max
 
+    def tree_sizes(self, pools: list, n_max: list[int], base_tokens: int | None = None) -> list[int]:
+        """Per row of a batch step: tokens to verify (root included), at most n_max[i]. base_tokens: what the
+        step's forward holds besides the drafted nodes (every row's root, prompt chunks). The default asks
+        ``tree_size`` row by row; a cost-aware policy splits the batch's budget across rows."""
+        return [self.tree_size(p, n) for p, n in zip(pools, n_max)]
+
+    def drafts(self, rows: int, base_tokens: int) -> bool:
+        """Whether this step drafts at all (``rows`` rows could; ``base_tokens`` is everything the step verifies
+        besides drafted nodes). The cost-blind policies always draft; a row that does not draft verifies its root
+        alone and hands its committed pairs to the next draft."""
+        return True
+
     def observe(self, step) -> None:  # step: dyndepth.stats.StepStats
         return None
+
+    def observe_batch(self, steps: list) -> None:
+        """All rows' StepStats of one batch step (they share its draft and verify time)."""
+        for step in steps:
+            self.observe(step)
 
     def prediction(self) -> float | None:
         """The expected accepted tokens of the tree just chosen, for policies that predict it (else None)."""

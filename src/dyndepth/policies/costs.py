@@ -214,7 +214,7 @@ def probe(decoder, update_rate: float = 0.05, prompt_len: int = 128, repeats: in
     root forward and level forward, on a synthetic prompt. Each time is the fastest of ``repeats`` runs after a
     warm-up (noise only ever adds time), and the verify curve is made non-decreasing (a dip is noise: a larger
     tree never verifies faster). Leaves the target's cache reset."""
-    from dyndepth.draft import grow_pool
+    from dyndepth.drafters.eagle import grow_pool
     from dyndepth.head import DraftKV
     from dyndepth.policies.classic import FixedDepth
     from dyndepth.tree import DraftTree
@@ -246,10 +246,8 @@ def probe(decoder, update_rate: float = 0.05, prompt_len: int = 128, repeats: in
         positions = tree.position_ids(L, device)[0]
         visible = tree.visibility(L, device)
 
-        def verify_once():
+        def verify_once():  # the tree's entries are never committed: the next forward overwrites them
             target.forward(torch.tensor(tree.tokens, device=device), positions, visible)
-            for layer in target.cache.layers:  # drop the N tree entries again: the cache holds L
-                layer.keys, layer.values = layer.keys[..., :L, :], layer.values[..., :L, :]
 
         verify.append(timed(verify_once))
     base_s, level_s = 0.0, 0.0

@@ -1,17 +1,22 @@
 """The target model: an unmodified transformers causal LM behind a small interface.
 
-Every target forward goes through ``Target.forward``: new tokens at explicit position ids, an explicit additive
-4D mask over (cached + new) keys, appended to the KV cache. It returns the target's logits and its features
-(the final-normed last hidden states, i.e. exactly the input of ``lm_head``, which the draft head consumes).
-Prefill, plain decoding (a one-node tree) and tree verification are all this one call.
+Every target forward goes through ``Target.forward_rows``: the new tokens of one or more rows (sequences), each row
+with its own KV cache (``RowKV``), position ids and visibility (its committed prefix, then its tree's ancestors or
+its chunk's causal past), flattened into ONE forward of the model. It returns the target's features (the
+final-normed last hidden states, i.e. exactly the input of ``lm_head``, which the draft head consumes) for every
+new token; ``logits`` turns features into logits. Prefill chunks, plain decoding (a one-node tree) and tree
+verification are all this one call, for one row or a batch.
 
-KV cache handling: after verification the cache holds ``L`` committed entries followed by the ``N`` tree
-entries. ``commit_path`` moves the entries of the accepted path (root + accepted nodes) to ``L .. L+a`` and
-drops the rest, for every layer.
+KV cache handling: after a forward a row holds ``L`` committed entries followed by its new entries. ``RowKV.commit``
+keeps the accepted path (root + accepted nodes) at ``L .. L+a``, or a whole prefill chunk.
 
-Two engines, one interface: the default grows a transformers ``DynamicCache``; ``static_cache=True`` writes into
-preallocated buffers at fixed slots, pads trees to a few fixed sizes and compacts in place (``dyndepth.static_kv``),
-so that ``compile=True`` can ``torch.compile`` the verify forward (CUDA graphs on a GPU).
+Two engines, one interface: the default gives each row its own buffers and attends row by row (``target/ragged.py``:
+no row pays for another's context); ``static_cache=True`` writes every row into regions of one preallocated buffer
+at fixed slots, pads the flattened tokens to a few fixed sizes and attends densely under one mask
+(``target/static.py``), so that ``compile=True`` can ``torch.compile`` the forward (CUDA graphs on a GPU).
+
+The single-sequence methods (``prefill``, ``forward``, ``commit_path``, ``length``) work on a default row: for the
+cost probe, training and tests that drive one sequence by hand.
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dyndepth.errors import DyndepthError
-from dyndepth.static_kv import DEFAULT_MAX_LEN, SlotCache, check_model, check_options, padded_inputs, padded_size
+from dyndepth.target import ragged
+from dyndepth.target.rows import RowInput, RowKV
+from dyndepth.target.static import (DEFAULT_MAX_LEN, SlotCache, SlotRow, check_model, check_options, padded_rows,
+                                    padded_size)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -93,9 +101,9 @@ class Target:
         self.softcap = getattr(self.config, "final_logit_softcapping", None)
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
-        self.cache: DynamicCache | None = None
-        self.length = 0  # committed entries in the KV cache (L)
-        self.owner: object | None = None  # the generation that owns the KV cache now (see claim)
+        self.cache: SlotCache | None = None  # the static engine's buffers (None: the dynamic engine)
+        self._row: RowKV | None = None  # the single-sequence methods' row
+        self.owner: object | None = None  # the generation that owns the target now (see claim)
         # transformers >= 5.24 takes the cache as `cache=`; earlier releases as `past_key_values=`
         params = inspect.signature(self.base.forward).parameters
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
@@ -115,6 +123,8 @@ class Target:
             if max_len is not None and max_len > context:
                 raise DyndepthError(f"max_len {max_len} exceeds the model's context of {context} tokens")
             self.max_len = max_len or min(DEFAULT_MAX_LEN, context)
+        else:
+            ragged.install(model)
         self._run = self._compile_run() if compile else self._run_base
 
     @classmethod
@@ -165,8 +175,8 @@ class Target:
 
     # -- ownership: one generation at a time -----------------------------------------------------------
     def claim(self) -> object:
-        """Start a generation: returns its token. An older generation's token is no longer ``owner``, so its
-        stream fails its next step instead of decoding from a KV cache another generation rewrote."""
+        """Start a generation (one call of the decoder, one batch): returns its token. An older generation's token
+        is no longer ``owner``, so its stream fails its next step instead of decoding on."""
         self.owner = object()
         return self.owner
 
@@ -174,35 +184,14 @@ class Target:
         if self.owner is token:
             self.owner = None
 
-    # -- forward ---------------------------------------------------------------------------------------
-    def reset(self) -> None:
-        if self.static_cache:  # the buffers are allocated once (first prefill) and kept at their addresses
-            if self.cache is None:
-                self.cache = SlotCache(self.num_layers, self.max_len + 1)  # + the pad slot
-            self.cache.length = 0
-        else:
-            self.cache = DynamicCache()  # no config: plain full-length layers, which compaction can index
-        self.length = 0
-
-    def attention_mask(self, visible: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor | None = None):
-        """visible [n, S] bool over (committed + new) keys, q_pos [n] -> what the model's forward takes:
-        an additive float mask [1, 1, n, S], or a dict of them per layer type when some layers slide.
-        k_pos [S]: the keys' positions (default: 0 .. L-1, then q_pos; the static cache passes its slots')."""
-        neg = torch.finfo(self.dtype).min
-
-        def additive(vis):
-            return torch.zeros(vis.shape, dtype=self.dtype, device=self.device).masked_fill_(~vis, neg)[None, None]
-
-        if self.window is None:
-            return additive(visible)
-        s = visible.shape[1]
-        if k_pos is None:
-            k_pos = torch.cat([torch.arange(self.length, device=self.device), q_pos])[:s]  # [S] key positions
-        in_window = k_pos[None, :] > (q_pos[:, None] - self.window)  # [n, S]
-        if self.all_sliding:
-            return additive(visible & in_window)
-        masks = {"full_attention": additive(visible), "sliding_attention": additive(visible & in_window)}
-        return {kind: masks[kind] for kind in self.mask_kinds}
+    # -- rows ------------------------------------------------------------------------------------------
+    def new_row(self, capacity: int) -> RowKV:
+        """An empty KV cache for one sequence that will hold about ``capacity`` entries (committed + one tree)."""
+        if self.static_cache:
+            if self.cache is None:  # allocated on first use, then kept at its address
+                self.cache = SlotCache(self.num_layers, self.max_len)
+            return SlotRow(self.cache)
+        return RowKV(self.num_layers, min(capacity, self.max_context + 1))
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """features [..., H] -> logits [..., V] in float32 (lm_head plus any final soft-capping)."""
@@ -213,50 +202,85 @@ class Target:
             return logits.float()
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-        """tokens [n], positions [n], visible [n, L + n] bool (which keys each new token sees) -> features [n, H].
+    def forward_rows(self, rows: list[RowInput]) -> torch.Tensor:
+        """One forward over every row's new tokens -> features [T, H], the rows' tokens one after another.
 
-        The new tokens' KV entries are appended to the cache. Logits are not computed here: verification asks
-        ``logits`` only for the branches it walks (verify.NodeLogits: one matmul per branch, not per node).
-        With the static cache the tokens are padded to ``padded_size(n)`` rows first (pad rows are dropped)."""
+        Each row's new KV entries are written after its committed ones; the caller commits what it keeps
+        (``row.kv.commit``). Logits are not computed here: verification asks ``logits`` only for the branches it
+        walks (verify.NodeLogits). EAGLE-3 features of the same forward: ``head_features``."""
         if self.static_cache:
-            return self._forward_static(tokens, positions, visible, padded_size(tokens.numel()), self._run)
-        # a single new token that sees everything needs no explicit mask (plain decoding's hot path)
-        mask = None if visible.shape[0] == 1 and self.window is None else self.attention_mask(visible, positions)
-        out = self.base(input_ids=tokens[None], position_ids=positions[None], attention_mask=mask,
-                        use_cache=True, **{self.cache_kwarg: self.cache})
-        return out.last_hidden_state[0]  # [n, H]
+            n = sum(r.size for r in rows)
+            if any(r.visible is None and r.size > 1 for r in rows):  # a prefill chunk: its own shape, never compiled
+                return self._forward_static(rows, n, self._run_base)
+            return self._forward_static(rows, padded_size(n), self._run)
+        tokens = torch.cat([r.tokens for r in rows])  # [T]
+        positions = torch.cat([r.positions for r in rows])  # [T]
+        batch = ragged.RaggedRows(rows, self.dtype, self.window, self.window is not None)
+        placeholder = torch.zeros(1, 1, batch.total, 1, dtype=self.dtype, device=self.device)  # passed through
+        out = self.base(input_ids=tokens[None], position_ids=positions[None], attention_mask=placeholder,
+                        use_cache=False, dyndepth_rows=batch)
+        return out.last_hidden_state[0]  # [T, H]
+
+    # -- one sequence by hand (the default row) --------------------------------------------------------
+    def reset(self) -> None:
+        if self._row is not None:
+            self._row.release()
+        self._row = self.new_row(self.max_context + 1)
+
+    @property
+    def length(self) -> int:
+        """Committed entries of the default row (L)."""
+        return self._row.length if self._row is not None else 0
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """The default row: tokens [n], positions [n], visible [n, L + n] bool -> features [n, H]."""
+        if self._row is None:
+            self.reset()
+        return self.forward_rows([RowInput(self._row, tokens, positions, visible)])
 
     def prefill(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """input_ids [L] -> (logits of the last position [V], features [L, H]); the cache then holds L."""
+        """input_ids [L] -> (logits of the last position [V], features [L, H]); the default row then holds L."""
         self.reset()
         n = input_ids.numel()
-        causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
-        positions = torch.arange(n, device=self.device)
-        if self.static_cache:  # unpadded and never compiled: one prompt length is one shape
-            feats = self._forward_static(input_ids, positions, causal, n, self._run_base)
-            if not self.cache.written:
-                raise DyndepthError(f"model type {getattr(self.config, 'model_type', '?')!r} cannot use "
-                                    f"static_cache: some of its layers bypass the KV cache")
-        else:
-            feats = self.forward(input_ids, positions, causal)
-        self.length = n
-        if self.static_cache:
-            self.cache.length = n
+        row = RowInput(self._row, input_ids, torch.arange(n, device=self.device))
+        feats = self.forward_rows([row])
+        self._row.commit(n)
         return self.logits(feats[-1]), feats
 
-    # -- the static-cache engine (dyndepth.static_kv) ----------------------------------------------------
+    def commit_path(self, path: torch.Tensor) -> None:
+        """Keep the default row's entries of the accepted path (tree indices [a+1], root first) at L .. L+a."""
+        self._row.commit(path.numel(), keep=path)
+
+    # -- the static-cache engine (target/static.py) ------------------------------------------------------
     @torch.inference_mode()
-    def _forward_static(self, tokens, positions, visible, bucket: int, run) -> torch.Tensor:
-        """``forward`` on the static cache: n tokens padded to ``bucket`` rows over all S slots -> [n, H]."""
-        n = tokens.numel()
-        tok, pos, slots, vis, k_pos = padded_inputs(tokens, positions, visible, self.length, bucket,
-                                                    self.cache.size)  # [b], [b], [b], [b, S], [S]
+    def _forward_static(self, rows: list[RowInput], bucket: int, run) -> torch.Tensor:
+        """``forward_rows`` on the static cache: n tokens padded to ``bucket`` over all S slots -> [n, H]."""
+        n = sum(r.size for r in rows)
+        tok, pos, slots, vis, k_pos = padded_rows(rows, bucket, self.cache)  # [b], [b], [b], [b, S], [S]
         self.cache.slots = slots
         hidden = run(tok[None], pos[None], self.attention_mask(vis, pos, k_pos))  # [1, b, H]
+        if not self.cache.written:
+            raise DyndepthError(f"model type {getattr(self.config, 'model_type', '?')!r} cannot use "
+                                f"static_cache: some of its layers bypass the KV cache")
         if self.captured_layers is not None:  # EAGLE-3 features: drop the pad rows too
             self._captured = {i: t[:, :n] for i, t in self._captured.items()}
         return hidden[0, :n]
+
+    def attention_mask(self, visible: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor):
+        """visible [n, S] bool over the static buffer's slots, q_pos [n], k_pos [S] -> what the model's forward
+        takes: an additive float mask [1, 1, n, S], or a dict of them per layer type when some layers slide."""
+        neg = torch.finfo(self.dtype).min
+
+        def additive(vis):
+            return torch.zeros(vis.shape, dtype=self.dtype, device=self.device).masked_fill_(~vis, neg)[None, None]
+
+        if self.window is None:
+            return additive(visible)
+        in_window = k_pos[None, :] > (q_pos[:, None] - self.window)  # [n, S]
+        if self.all_sliding:
+            return additive(visible & in_window)
+        masks = {"full_attention": additive(visible), "sliding_attention": additive(visible & in_window)}
+        return {kind: masks[kind] for kind in self.mask_kinds}
 
     def _run_base(self, tokens: torch.Tensor, positions: torch.Tensor, mask) -> torch.Tensor:
         """tokens [1, b], positions [1, b], mask [1, 1, b, S] (or a dict per layer type) -> hidden [1, b, H]."""
@@ -338,23 +362,3 @@ class Target:
         self.capture(None if layers is None else layers(self.num_layers))
         logits, hidden = self.prefill(input_ids)
         return logits, hidden, self.head_features(hidden)
-
-    @torch.inference_mode()
-    def commit_path(self, path: torch.Tensor) -> None:
-        """Keep the cache entries of the accepted path (tree indices [a+1], root first) at L .. L+a."""
-        L = self.length
-        keep = path.numel()
-        in_place = path.tolist() == list(range(keep))  # plain decoding, or the first branch accepted
-        if self.static_cache:  # in place on the buffers; the entries after L + keep are masked from now on
-            if not in_place:
-                self.cache.compact(L, path.to(self.device))
-            self.length = self.cache.length = L + keep
-            return
-        src = None if in_place else L + path.to(self.device)
-        for layer in self.cache.layers:
-            for name in ("keys", "values"):
-                buf = getattr(layer, name)  # [1, n_kv, L + N, d]
-                if src is not None:
-                    buf[..., L:L + keep, :] = buf.index_select(-2, src)  # gather first (a copy), then write
-                setattr(layer, name, buf[..., :L + keep, :])
-        self.length = L + keep

@@ -1,0 +1,4 @@
+"""Drafters: where a step's candidate nodes come from.
+
+    eagle.py    the EAGLE draft head grows a pool per row, one head forward per depth for all rows at once
+"""
