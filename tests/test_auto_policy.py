@@ -241,7 +241,8 @@ def test_auto_is_lossless_and_varies_the_tree(arch):
         assert out.token_ids == _hf_greedy(target, prompt, 40)
         sizes |= {s.tree_size for s in out.stats.step_stats}
         depths |= {s.depth for s in out.stats.step_stats}
-        assert all(s.predicted_accepted is not None for s in out.stats.step_stats)
+        assert all(s.predicted_accepted is not None for s in out.stats.step_stats if s.depth > 0)
+        assert all(s.tree_size == 1 for s in out.stats.step_stats if s.depth == 0)  # a plain step: the root
         assert all(len(s.node_values) == s.tree_size - 1 for s in out.stats.step_stats)
     assert len(sizes) > 1 and len(depths) > 1  # the decision really changes from step to step
 
@@ -341,3 +342,28 @@ def test_draft_fit_learns_the_fixed_part_the_probe_missed():
     assert costs.draft_fit.a == pytest.approx(0.003, rel=0.15)
     assert costs.draft_fit.b == pytest.approx(0.0019, rel=0.1)
     assert costs.draft_time(4) == pytest.approx(0.003 + 4 * 0.0019, rel=0.03)
+
+
+@pytest.mark.parametrize("draft_rate,plain_rate,mostly", [(30.0, 20.0, True), (15.0, 20.0, False)])
+def test_a_step_drafts_when_drafting_has_been_faster(draft_rate, plain_rate, mostly):
+    """drafts(): per batch-size class the measured rates of drafting and plain steps decide; the mode not in use is
+    still tried now and then, and a class learns on its own."""
+    from dyndepth.policies.auto import EXPLORE_AFTER, EXPLORE_EVERY
+    from dyndepth.stats import StepStats
+
+    policy = auto(cost_curve(**STEEP))
+    choices = []
+    for _ in range(200):
+        drafted = policy.drafts(8, 8)  # 8 rows, no prompt chunk
+        choices.append(drafted)
+        rate = draft_rate if drafted else plain_rate
+        steps = [StepStats(committed=1, accepted=0, depth=2 if drafted else 0, tree_size=4 if drafted else 1,
+                           draft_time_s=0.0, verify_time_s=8 / rate, batch_rows=8, batch_tokens=32)
+                 for _ in range(8)]
+        policy.observe_batch(steps)
+    assert all(choices[:EXPLORE_AFTER - 1]) and not all(choices[:EXPLORE_AFTER + 1])  # drafts first, then tries
+    late = choices[100:]
+    assert (sum(late) > 0.8 * len(late)) == mostly
+    assert 0 < sum(late) < len(late)  # the other mode is still tried every EXPLORE_EVERY steps
+    assert policy.drafts(1, 1) is True and len(policy._modes) == 2  # one row: a class of its own, drafting first
+    assert EXPLORE_EVERY > 1

@@ -33,6 +33,22 @@ predicted level's beam is its k best predicted nodes. Growth goes on while
 ``tree_size`` then returns the argmax N of best(pool, depth), at most the decoder's total_tokens.
 ``observe`` feeds each step's verified nodes to the calibration and its measured times to the cost model.
 
+In a batch (engine/step.py) every row grows its own tree with this rule, and the rows share one verification
+forward, so the node budget is chosen for the whole step: ``tree_sizes`` takes every row's nodes in its own rerank
+order, merges them by P(accepted) (the next node of whichever row gains most), and keeps the number n of merged nodes
+that maximises the batch's score, E = rows + sum of the n P's against T = t_draft + t_verify(base + n), where base
+is the step's other tokens (every row's root, prompt chunks). The verify curve is priced from ``base``, not from one
+token: as load rises its slope there is steeper and the run rate lambda higher, so the trees shrink towards plain
+decoding. A row's depth decision prices its nodes the same way, at the previous step's base, and its draft levels at
+the level cost shared by the rows that drafted.
+
+Whether a step drafts at all is measured, not predicted: per batch-size class (1, 2-3, 4-7, 8-15, ... rows) the
+policy keeps running means of the committed tokens per second of steps that drafted and of steps that did not, and
+drafts when drafting has been faster. It tries plain steps once drafting has a mean (after EXPLORE_AFTER steps), and
+the mode it is not using again every EXPLORE_EVERY steps, so it follows a load that changes; steps that carry a
+prompt chunk are not counted (their time is the chunk's). So a batch with speculation is not slower than the same
+batch without it for long.
+
 Everything per decision is a few vectorised ops over the pool's values (no per-node Python); like DDD's check it
 reads one scalar back per level on CUDA.
 """
@@ -49,6 +65,8 @@ from dyndepth.policies.calibration import AcceptanceCalibration
 from dyndepth.policies.costs import CostModel
 
 OBJECTIVES = ("run", "step")
+EXPLORE_AFTER = 8  # drafting steps of a batch-size class before its first plain step
+EXPLORE_EVERY = 16  # steps between two tries of the mode not in use
 CHILD_RATE = 0.1  # memory of the running mean of children's log-probabilities per (depth, beam rank, child rank)
 
 
@@ -66,9 +84,10 @@ class CostAwarePolicy(DepthPolicy):
     calibration: AcceptanceCalibration | None = field(default=None, repr=False)
     n_max: int = 64  # set by the decoder to its total_tokens
     last: dict = field(default_factory=dict, repr=False)  # the latest step's decision (for the stats)
-    _pool: object = field(default=None, repr=False)  # the pool whose node probabilities _p holds
-    _p: torch.Tensor = field(default_factory=lambda: torch.zeros(0), repr=False)
-    _table: torch.Tensor | None = field(default=None, repr=False)
+    _modes: dict = field(default_factory=dict, repr=False)  # rows class -> {"draft"/"plain": rate, "n": steps}
+    _mode: tuple | None = field(default=None, repr=False)  # (class, drafted?, clean step?) of the current step
+    _base: float = field(default=1.0, repr=False)  # tokens a step verifies besides one row's drafted nodes
+    _rows: float = field(default=1.0, repr=False)  # rows that share a step's draft levels
     _child: dict = field(default_factory=dict, repr=False)  # depth -> [rows, K] running mean child log-probs
     _tokens: float = field(default=0.0, repr=False)  # running means of committed tokens and seconds per step
     _seconds: float = field(default=0.0, repr=False)
@@ -105,29 +124,48 @@ class CostAwarePolicy(DepthPolicy):
         order = torch.argsort(values.float(), descending=True, stable=True)[: self.n_max - 1]
         gain = torch.cumsum(p_accept[order].float().cpu(), 0)  # [n] E[accepted] with the n best nodes
         expected = torch.cat([torch.zeros(1), gain]) + 1.0  # [n + 1]: index n = n drafted nodes verified
-        seconds = self.costs.draft_time(levels) + self.costs.verify_curve(self.n_max)[: expected.numel()]  # root + n
+        seconds = self._draft_share(levels) + self._verify_from(self._base, expected.numel())  # root + n
         rate = expected / seconds  # [n + 1]
         lam = self.run_rate if self.objective == "run" else None
         score = rate if lam is None else expected - lam * seconds  # [n + 1]
         i = int(torch.argmax(score))
         return float(score[i]), i + 1, float(expected[i] - 1.0), float(rate[i])
 
+    def _verify_from(self, base: float, count: int) -> torch.Tensor:
+        """[count] seconds of a step that verifies base - 1 other tokens plus i + 1 of this row's (its root and i
+        nodes), i = 0 .. count-1, less what the other tokens cost alone: t(base + i) - t(base) + t(1). At base 1
+        (one row) this is t(i + 1), the single-sequence curve."""
+        b = max(1.0, float(base))
+        n = torch.arange(count, dtype=torch.float32)
+        if b <= 1.0:
+            return self.costs.verify_curve(max(count, 1))[:count]
+        t = self.costs.verify_time(b + n)
+        return t - t[0] + self.costs.verify_time(torch.ones(1))[0]
+
+    def _draft_share(self, levels: int) -> float:
+        """One row's share of ``levels`` draft levels: the level cost is shared by the rows that draft together."""
+        return self.costs.draft_fit.a / self._rows + self.costs.draft_fit.b * levels / self._rows
+
     def _pool_p(self, pool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(values [P], P(accepted) [P]) of the pool's nodes; each level is computed once per step."""
-        if self._pool is not pool:
-            self._pool, self._p, self._table = pool, torch.zeros(0), self.calibration.table()
+        """(values [P], P(accepted) [P]) of the pool's nodes; each level is computed once per step (kept on the
+        pool, so the rows of a batch do not recompute each other's)."""
+        cache = getattr(pool, "_auto", None)
+        if cache is None:
+            cache = pool._auto = {"p": torch.zeros(0), "table": self.calibration.table()}
         values = pool.all_values()
-        while self._p.numel() < pool.size:
-            d = int(pool.all_depths()[self._p.numel()]) - 1  # the next level not yet computed (0-based)
+        p = cache["p"]
+        while p.numel() < pool.size:
+            d = int(pool.all_depths()[p.numel()]) - 1  # the next level not yet computed (0-based)
             _, v, parents = pool.level(d)
             if d == 0:
                 parent_p, parent_v = torch.ones(v.numel()), torch.zeros_like(v)
             else:
-                parent_p, parent_v = self._p[parents.cpu()], values[parents]
+                parent_p, parent_v = p[parents.cpu()], values[parents]
             depth = torch.full((v.numel(),), d + 1, dtype=torch.long)
-            g = self.calibration.conditional(v - parent_v, depth, self._table).cpu()
-            self._p = torch.cat([self._p, parent_p * g])
-        return values, self._p
+            g = self.calibration.conditional(v - parent_v, depth, cache["table"]).cpu()
+            p = torch.cat([p, parent_p * g])
+        cache["p"] = p
+        return values, p
 
     def _predicted_children(self, pool, depth: int, k: int) -> torch.Tensor:
         """[K, K] predicted log-probabilities of the children of level ``depth``'s beam (rows by beam rank), and
@@ -170,7 +208,7 @@ class CostAwarePolicy(DepthPolicy):
             child = seen if ahead == 1 else self._child_mean(d, k)  # [K, K]
             nxt_v = (beam_v[:, None] + child).flatten()  # [K*K]
             g = self.calibration.conditional(child.flatten(), torch.full((child.numel(),), d, dtype=torch.long),
-                                             self._table)
+                                             pool._auto["table"])
             nxt_p = (beam_p[:, None] * g.reshape(k, k)).flatten()
             all_v, all_p = torch.cat([all_v, nxt_v]), torch.cat([all_p, nxt_p])
             later = self.best(all_v, all_p, d)[0]
@@ -185,22 +223,86 @@ class CostAwarePolicy(DepthPolicy):
         _, n, expected, rate = self.best(values, p, pool.depth)
         n = max(1, min(n, n_max))
         self.last = {"chosen_n": n, "predicted_accepted": round(expected, 4), "predicted_rate": round(rate, 3)}
+        pool.predicted_accepted = self.last["predicted_accepted"]
         return n
+
+    def drafts(self, rows: int, base_tokens: int) -> bool:
+        cls = max(1, rows).bit_length()  # 1, 2-3, 4-7, 8-15, ... rows
+        m = self._modes.setdefault(cls, {"draft": None, "plain": None, "n": 0})
+        m["n"] += 1
+        if m["draft"] is None or m["n"] < EXPLORE_AFTER:
+            choice = True
+        elif m["plain"] is None:
+            choice = False
+        else:
+            best = m["draft"] >= m["plain"]
+            choice = (not best) if m["n"] % EXPLORE_EVERY == 0 else best
+        self._mode = (cls, choice, base_tokens <= rows)
+        return choice
+
+    def tree_sizes(self, pools, n_max, base_tokens: int | None = None):
+        """One budget for the batch step: every row's nodes in rerank order, merged by P(accepted), cut where the
+        batch's score is best (see the module docstring). One row alone is ``tree_size``."""
+        base = max(int(base_tokens or len(pools)), len(pools))
+        self._rows = float(len(pools))
+        if len(pools) == 1 and base == 1:
+            self._base = 1.0
+            return [self.tree_size(pools[0], n_max[0])]
+        gains = []  # per row: P(accepted) of its nodes in rerank order (the order select() keeps them in)
+        for pool, cap in zip(pools, n_max):
+            values, p = self._pool_p(pool)
+            order = torch.argsort(values.float(), descending=True, stable=True)[: max(0, cap - 1)]
+            gains.append(p[order].float().tolist())
+        picked, owner = _merge(gains)  # [m] gains in pick order and the row of each
+        cum = torch.cumsum(torch.tensor([0.0] + picked), 0)  # [m + 1]
+        expected = len(pools) + cum
+        seconds = self.costs.draft_time(max(p.depth for p in pools)) + \
+            self.costs.verify_time(base + torch.arange(len(picked) + 1, dtype=torch.float32))
+        lam = self.run_rate if self.objective == "run" else None
+        score = expected / seconds if lam is None else expected - lam * seconds
+        k = int(torch.argmax(score))
+        counts = [0] * len(pools)
+        for r in owner[:k]:
+            counts[r] += 1
+        self._base = base + k * (len(pools) - 1) / len(pools)  # what the next step's rows see besides their own
+        for pool, c, g in zip(pools, counts, gains):
+            pool.predicted_accepted = round(sum(g[:c]), 4)
+        self.last = {"chosen_n": base + k, "predicted_accepted": round(float(cum[k]), 4),
+                     "predicted_rate": round(float(expected[k] / seconds[k]), 3)}
+        return [1 + c for c in counts]
 
     def prediction(self) -> float | None:
         return self.last.get("predicted_accepted")
 
     def observe(self, step) -> None:
-        if step.node_values:
-            self.calibration.update([0.0] + list(step.node_values), [-1] + list(step.node_parents),
-                                    [0] + list(step.node_depths), [True] + list(step.node_accepted))
-        if self.costs is not None and step.depth > 0:
-            self.costs.observe(step.tree_size, step.verify_time_s, step.depth, step.draft_time_s)
-        seconds = step.draft_time_s + step.verify_time_s
+        self.observe_batch([step])
+
+    def observe_batch(self, steps) -> None:
+        """One engine step's rows: their verified nodes teach the calibration; the step's times (shared by the
+        rows) the cost model, at the step's total tokens; the committed tokens of all rows the run rate."""
+        if not steps:
+            return
+        for step in steps:
+            if step.node_values:
+                self.calibration.update([0.0] + list(step.node_values), [-1] + list(step.node_parents),
+                                        [0] + list(step.node_depths), [True] + list(step.node_accepted))
+        first = steps[0]
+        depth = max(s.depth for s in steps)
+        tokens = first.batch_tokens if len(steps) > 1 or first.batch_rows > 1 else first.tree_size
+        if self.costs is not None and depth > 0:
+            self.costs.observe(max(tokens, first.tree_size), first.verify_time_s, depth, first.draft_time_s)
+        seconds = first.draft_time_s + first.verify_time_s
         if seconds > 0:  # the run rate's running means (started at the first step, then EMA)
             a = self.cost_update_rate if self._seconds > 0 else 1.0
-            self._tokens += a * (step.accepted + 1 - self._tokens)
+            committed = sum(s.accepted + 1 for s in steps)
+            self._tokens += a * (committed - self._tokens)
             self._seconds += a * (seconds - self._seconds)
+            if self._mode is not None and self._mode[2]:  # a step without a prompt chunk: the mode's rate
+                m = self._modes[self._mode[0]]
+                key = "draft" if self._mode[1] else "plain"
+                rate = committed / seconds
+                m[key] = rate if m[key] is None else m[key] + 4 * self.cost_update_rate * (rate - m[key])
+        self._mode = None
 
     def describe(self) -> dict:
         return {"policy": self.name, "max_depth": self.max_depth, "min_depth": self.min_depth,
@@ -218,4 +320,23 @@ class CostAwarePolicy(DepthPolicy):
                 "draft_scale": round(self.costs.draft_scale, 4) if self.costs else None,
                 "draft_ms": ([round(1000 * self.costs.draft_fit.a, 3), round(1000 * self.costs.draft_fit.b, 3)]
                              if self.costs else None),
-                "run_rate": round(self.run_rate, 3) if self.run_rate else None}
+                "run_rate": round(self.run_rate, 3) if self.run_rate else None,
+                "draft_or_plain": {f"rows<{2 ** c}": {k: round(v, 3) if isinstance(v, float) else v
+                                                      for k, v in m.items()} for c, m in sorted(self._modes.items())}}
+
+
+def _merge(gains: list[list[float]]) -> tuple[list[float], list[int]]:
+    """Greedy merge of per-row gain sequences, each taken as a prefix: at every pick the row whose next node gains
+    most -> (gains in pick order, the row of each)."""
+    import heapq
+
+    heap = [(-g[0], r, 0) for r, g in enumerate(gains) if g]
+    heapq.heapify(heap)
+    picked, owner = [], []
+    while heap:
+        neg, r, i = heapq.heappop(heap)
+        picked.append(-neg)
+        owner.append(r)
+        if i + 1 < len(gains[r]):
+            heapq.heappush(heap, (-gains[r][i + 1], r, i + 1))
+    return picked, owner
