@@ -10,9 +10,14 @@ model) and must get its 4xx with an OpenAI error body. Every completed answer is
 ``SpeculativeDecoder.generate`` answer of its own prompt (float32 greedy, so they must be equal): a different
 text is a corrupted or mixed-up response, a request with neither an answer nor an error is a lost one.
 
-Reports requests/s, time to first token and tokens/s percentiles, errors by kind, and the server's own counters
-afterwards (nothing waiting or running). Only loopback addresses are accepted. Exit code 1 on any lost,
-mismatched or unexpected response.
+Reports, under the names ``vllm bench serve`` uses: request_throughput (completed requests/s), output_throughput
+(tokens/s of completed answers), ttft_ms (streamed requests), tpot_ms ((latency - ttft) / (tokens - 1)), itl_ms
+(between two streamed chunks: one engine step, which may carry several tokens) and e2el_ms, each with mean, p50,
+p90 and p99; plus errors by kind and the server's own counters afterwards (nothing waiting or running). Only
+loopback addresses are accepted. Exit code 1 on any lost, mismatched or unexpected response.
+
+    python scripts/load_test.py --clients 16 --minutes 10 --max-batch-size 1     # the one-request-at-a-time server
+    python scripts/load_test.py --clients 16 --minutes 10 --policy plain         # batched, speculation off
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads of the server (and the offline run)")
     ap.add_argument("--total-tokens", type=int, default=12)
     ap.add_argument("--draft-top-k", type=int, default=4)
+    ap.add_argument("--policy", default="ddd", help="the server's --policy (plain = speculation off)")
+    ap.add_argument("--max-batch-size", type=int, default=None, help="the server's --max-batch-size (1 = one "
+                    "request at a time; default: the server's)")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--max-requests", type=int, default=20000, help="stop after this many requests in all")
@@ -151,8 +159,11 @@ def _start_server(args):
     port = _free_port()
     cmd = [sys.executable, "-m", "dyndepth.cli", "serve", "--model", args.model, "--dtype", args.dtype,
            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", args.served_model_name,
-           "--total-tokens", str(args.total_tokens), "--draft-top-k", str(args.draft_top_k),
-           "--max-queue", str(max(64, 2 * args.clients)), "--log-level", "warning"]
+           "--policy", args.policy, "--max-queue", str(max(64, 2 * args.clients)), "--log-level", "warning"]
+    if args.policy != "plain":
+        cmd += ["--total-tokens", str(args.total_tokens), "--draft-top-k", str(args.draft_top_k)]
+    if args.max_batch_size:
+        cmd += ["--max-batch-size", str(args.max_batch_size)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     proc = subprocess.Popen(cmd)
@@ -275,7 +286,7 @@ class Client(threading.Thread):
                 text, tokens = doc["choices"][0]["message"]["content"], doc["usage"]["completion_tokens"]
                 rec["ttft_s"] = None
             else:
-                parts, tokens, first, last = [], None, None, None
+                parts, tokens, first, last, chunks = [], None, None, None, []
                 for i, ev in enumerate(_events(resp)):
                     if "error" in ev:
                         rec["outcome"] = f"stream_error_{ev['error'].get('code')}"
@@ -283,6 +294,7 @@ class Client(threading.Thread):
                     if ev.get("step"):
                         last = time.monotonic() - t0
                         first = last if first is None else first
+                        chunks.append(last)
                     for ch in ev.get("choices") or []:
                         parts.append((ch.get("delta") or {}).get("content") or "")
                     if ev.get("usage"):
@@ -293,6 +305,7 @@ class Client(threading.Thread):
                         return rec
                 text = "".join(parts)
                 rec["ttft_s"], rec["last_token_s"] = first, last
+                rec["itl_s"] = [b - a for a, b in zip(chunks, chunks[1:])]
             elapsed = time.monotonic() - t0
             want = self.expected[prompt]
             rec["latency_s"] = elapsed
@@ -351,6 +364,11 @@ def _pct(values, qs=(50, 90, 99)) -> dict:
         "mean": round(sum(v) / len(v), 3), "n": len(v)}
 
 
+def _ms(values) -> dict:
+    """mean, p50, p90, p99 of seconds, in milliseconds."""
+    return {k: (round(v, 1) if k != "n" else v) for k, v in _pct([x * 1000 for x in values]).items()}
+
+
 def summarise(args, results, wall, before, after, alive) -> dict:
     outcomes = Counter(r["outcome"] for r in results)
     done = [r for r in results if r["outcome"] == "ok"]
@@ -365,7 +383,8 @@ def summarise(args, results, wall, before, after, alive) -> dict:
     report = {
         "settings": {"clients": args.clients, "minutes": args.minutes, "max_tokens": args.max_tokens,
                      "prompts": args.prompts, "dtype": args.dtype, "threads": args.threads or "torch default",
-                     "total_tokens": args.total_tokens, "draft_top_k": args.draft_top_k,
+                     "total_tokens": args.total_tokens, "draft_top_k": args.draft_top_k, "policy": args.policy,
+                     "max_batch_size": args.max_batch_size or "server default",
                      "disconnect_share": args.disconnect_share, "malformed_share": args.malformed_share,
                      "stream_share": args.stream_share, "machine": f"{os.cpu_count()} CPUs, {_cpu_name()}"},
         "wall_s": round(wall, 1),
@@ -392,6 +411,15 @@ def summarise(args, results, wall, before, after, alive) -> dict:
                    "finished": {k.split('finished_reason="')[1].split('"')[0]: delta(k) for k in after
                                 if k.startswith("vllm:request_success_total{")}},
         "clients_still_running": alive,
+    }
+    streamed = [r for r in done if r["kind"] == "stream" and r.get("ttft_s") is not None]
+    report["vllm_names"] = {  # the metric names and definitions of `vllm bench serve`
+        "request_throughput": round(len(done) / wall, 3),
+        "output_throughput": round(tokens / wall, 3),
+        "ttft_ms": _ms(r["ttft_s"] for r in streamed),
+        "tpot_ms": _ms((r["latency_s"] - r["ttft_s"]) / (r["tokens"] - 1) for r in streamed if r["tokens"] > 1),
+        "itl_ms": _ms(x for r in streamed for x in r.get("itl_s", [])),
+        "e2el_ms": _ms(r["latency_s"] for r in done),
     }
     report["ok"] = not bad and not alive and not report["server"]["waiting_after"] and \
         not report["server"]["running_after"]

@@ -29,6 +29,12 @@ def register(sub) -> None:
                         "(default: $DYNDEPTH_API_KEY, else none)")
     g.add_argument("--max-queue", type=int, default=64, metavar="N",
                    help="requests that may wait for the engine; more get 429 (default: %(default)s)")
+    g.add_argument("--max-batch-size", type=int, default=None, metavar="N",
+                   help="requests decoded together, each step verifying every row's tree in one forward; 1 = one "
+                        "request at a time (default: 8 on a CPU, 64 on a GPU)")
+    g.add_argument("--prefill-chunk", type=int, default=None, metavar="N",
+                   help="prompt tokens a step takes while other requests decode, so their streams keep flowing "
+                        "(default: 128 on a CPU, 2048 on a GPU)")
     g.add_argument("--request-timeout", type=float, default=600.0, metavar="S",
                    help="seconds from arrival (queue included) after which a request ends with 504 (default: "
                         "%(default)s; 0 = none)")
@@ -49,6 +55,10 @@ def check_server_options(args) -> None:
     """Every server option, before the model loads."""
     validate.integer("--port", args.port, lo=1, hi=65535)
     validate.integer("--max-queue", args.max_queue, lo=1)
+    if args.max_batch_size is not None:
+        validate.integer("--max-batch-size", args.max_batch_size, lo=1, hi=1024)
+    if args.prefill_chunk is not None:
+        validate.integer("--prefill-chunk", args.prefill_chunk, lo=1)
     validate.number("--request-timeout", args.request_timeout, lo=0.0)
     validate.integer("--default-max-tokens", args.default_max_tokens, lo=1)
     validate.integer("--max-body-bytes", args.max_body_bytes, lo=1024)
@@ -77,7 +87,8 @@ def run(args) -> int:
     from dyndepth.options import build_decoder
 
     dec = build_decoder(args)
-    engine = Engine(dec, max_queue=args.max_queue).start()
+    engine = Engine(dec, max_queue=args.max_queue, max_batch_size=args.max_batch_size,
+                    prefill_chunk=args.prefill_chunk).start()
     settings = Settings(model_name=args.served_model_name or args.model, api_key=args.api_key,
                         request_timeout_s=args.request_timeout or None, max_body_bytes=args.max_body_bytes,
                         default_max_tokens=args.default_max_tokens, cors_origins=tuple(args.cors_origin))

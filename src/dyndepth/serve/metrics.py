@@ -22,6 +22,8 @@ from dyndepth.serve.worker import Step
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0)
 DEPTH_BUCKETS = tuple(range(0, 17)) + (24, 32, 48, 64)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+BATCH_TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -62,6 +64,12 @@ class Metrics:
                                "depth policy's choice)", m, buckets=DEPTH_BUCKETS, registry=r)
         self.steps = Counter("dyndepth_steps", "Decoding steps (a prefill's first token is not a step)", m,
                              registry=r)
+        batch = Histogram("dyndepth_batch_size", "Rows (requests) in each engine step's target forward", m,
+                          buckets=BATCH_BUCKETS, registry=r).labels(model_name)
+        batch_tokens = Histogram("dyndepth_batch_tokens", "Tokens in each engine step's target forward (every row's "
+                                 "tree or prompt chunk)", m, buckets=BATCH_TOKEN_BUCKETS, registry=r).labels(model_name)
+        if hasattr(engine, "listen"):
+            engine.listen(lambda rows, tokens: (batch.observe(rows), batch_tokens.observe(tokens)))
 
     def expose(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,20 +1,21 @@
-"""The engine: one worker thread owns the decoder; requests wait in a bounded FIFO queue.
+"""The engine: one worker thread owns the decoder and runs the continuous-batching scheduler; requests wait in a
+bounded FIFO queue.
 
-The HTTP layer sees only this interface, so a batched engine can replace ``Engine`` without touching the routes:
+The HTTP layer sees only this interface:
 
     handle = engine.submit(Job(prompt_ids, options, deadline))   # raises APIError 429 when the queue is full
     async for event in handle:                                    # Step ..., then Done or Failed
         ...
-    handle.cancel()                                               # idempotent; frees the worker at the next step
+    handle.cancel()                                               # idempotent; the row leaves before the next step
     engine.prompts, engine.waiting, engine.running, engine.describe()   # tokenising, gauges, /v1/models
 
-The decoder runs one generation at a time (starting one invalidates any open stream), so exactly one thread,
-the worker, ever calls it. The worker takes the oldest waiting job, drives ``stream_text`` and hands each step's
-chunk to the job's asyncio loop (``call_soon_threadsafe``). Between steps it looks at the handle: a cancelled
-job (client gone, request timed out) closes its generator, which ends the generation, and the worker takes the
-next job. A ``DyndepthError`` in one generation fails that job with 400, any other exception with 500 (logged
-with its traceback); the worker goes on either way. A cancelled job that is still waiting leaves the queue at
-once and so frees its place.
+Exactly one thread, the worker, ever calls the decoder. Before every step it admits the oldest waiting jobs into the
+running batch, up to ``max_batch_size`` rows (``engine.scheduler``: each job becomes a Sequence, which joins the
+next step with its prompt), runs one engine step for all running rows at once, and hands each row's chunk to its
+job's asyncio loop (``call_soon_threadsafe``). A cancelled job (client gone, request timed out) leaves the batch
+before the next step; the other rows go on. A row whose options the decoder refuses fails with 400, a row whose
+step raises fails with 500 (logged with its traceback), in either case alone. A cancelled job that is still waiting
+leaves the queue at once and so frees its place. ``max_batch_size=1`` is a one-request-at-a-time server.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from dyndepth.engine.scheduler import Scheduler
+from dyndepth.engine.sequence import Sequence
 from dyndepth.errors import DyndepthError
 from dyndepth.serve import errors
 from dyndepth.serve.prompts import PromptBuilder
@@ -116,16 +119,23 @@ class Handle:
 
 
 class Engine:
-    """A batch-1 engine: one decoder, one worker thread, a FIFO of at most ``max_queue`` waiting jobs."""
+    """One decoder, one worker thread running a Scheduler of at most ``max_batch_size`` rows, a FIFO of at most
+    ``max_queue`` waiting jobs."""
 
-    def __init__(self, decoder, max_queue: int = 64):
+    def __init__(self, decoder, max_queue: int = 64, max_batch_size: int | None = None,
+                 prefill_chunk: int | None = None):
         if max_queue < 1:
             raise DyndepthError(f"--max-queue must be >= 1, got {max_queue}")
+        if max_batch_size is not None and max_batch_size < 1:
+            raise DyndepthError(f"--max-batch-size must be >= 1, got {max_batch_size}")
         self.decoder = decoder
         self.max_queue = max_queue
+        self.scheduler = Scheduler(decoder, max_batch_size=max_batch_size, prefill_chunk=prefill_chunk)
+        self.max_batch_size = self.scheduler.max_batch_size
         self.prompts = PromptBuilder.from_decoder(decoder)  # what the HTTP layer tokenises and checks with
         self._waiting: collections.deque[Handle] = collections.deque()
-        self._running: Handle | None = None
+        self._running: dict[Sequence, Handle] = {}
+        self._listeners: list = []  # called with each step's (rows, tokens) from the worker thread
         self._cond = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -141,7 +151,7 @@ class Engine:
         """Cancel every job and stop the worker (after its current step)."""
         with self._cond:
             self._closing = True
-            jobs = list(self._waiting) + ([self._running] if self._running else [])
+            jobs = list(self._waiting) + list(self._running.values())
             self._cond.notify_all()
         for h in jobs:
             h._cancelled.set()
@@ -160,10 +170,14 @@ class Engine:
 
     @property
     def running(self) -> int:
-        return 1 if self._running is not None else 0
+        return len(self._running)
 
     def describe(self) -> dict:
-        return self.decoder.describe()
+        return {**self.decoder.describe(), "max_batch_size": self.max_batch_size}
+
+    def listen(self, callback) -> None:
+        """``callback(rows, tokens)`` after every engine step (from the worker thread): metrics."""
+        self._listeners.append(callback)
 
     # -- submission (event loop) ------------------------------------------------------------------------------
     def submit(self, job: Job) -> Handle:
@@ -186,42 +200,69 @@ class Engine:
 
     # -- the worker thread ------------------------------------------------------------------------------------
     def _work(self) -> None:
+        scheduler = self.scheduler
         while True:
             with self._cond:
-                while not self._waiting and not self._closing:
+                while not self._waiting and not self._running and not self._closing:
                     self._cond.wait()
                 if self._closing:
-                    return
-                handle = self._waiting.popleft()
-                self._running = handle
+                    break
+                admitted = []
+                while self._waiting and len(self._running) + len(admitted) < self.max_batch_size:
+                    admitted.append(self._waiting.popleft())
+            for handle in admitted:
+                self._admit(handle)
+            for seq, handle in list(self._running.items()):
+                if handle.cancelled:
+                    scheduler.cancel(seq)
+                    del self._running[seq]
+            if not scheduler.has_work:
+                continue
             try:
-                self._run(handle)
-            finally:
-                with self._cond:
-                    self._running = None
+                events = scheduler.step()
+            except Exception as exc:  # noqa: BLE001 - the scheduler itself failed: fail its rows, go on
+                log.exception("engine step failed")
+                events = []
+                for seq, handle in list(self._running.items()):
+                    handle._put(Failed(errors.internal(exc)))
+                    scheduler.cancel(seq)
+                self._running.clear()
+            self._dispatch(events)
+        scheduler.close()
 
-    def _run(self, handle: Handle) -> None:
+    def _admit(self, handle: Handle) -> None:
         if handle.cancelled:
             return
         handle.started = time.monotonic()
-        stats = GenerationStats()
         try:
-            gen = self.decoder.stream_text(handle.job.prompt_ids, stats=stats, **handle.job.options)
-            try:
-                steps_seen = 0
-                for chunk in gen:
-                    step = None
-                    if len(stats.step_stats) > steps_seen:
-                        steps_seen = len(stats.step_stats)
-                        step = stats.step_stats[-1]
-                    handle._put(Step(list(chunk.token_ids), chunk.text or "", step, time.monotonic()))
-                    if handle.cancelled:
-                        return
-            finally:
-                gen.close()  # ends the generation and releases the target
-            handle._put(Done(stats, time.monotonic()))
+            seq = self.decoder.sequence(handle.job.prompt_ids, handle.job.options, want_text=True)
         except DyndepthError as exc:
             handle._put(Failed(errors.from_dyndepth(exc, handle.job.field_names)))
-        except Exception as exc:  # one generation's failure must not stop the server
-            log.exception("generation failed")
-            handle._put(Failed(errors.internal(exc)))
+            return
+        self.scheduler.add(seq)
+        self._running[seq] = handle
+
+    def _dispatch(self, events) -> None:
+        now = time.monotonic()
+        rows = {e.step.batch_rows for e in events if e.step is not None}
+        tokens = {e.step.batch_tokens for e in events if e.step is not None}
+        if rows:
+            for callback in self._listeners:
+                callback(max(rows), max(tokens))
+        for event in events:
+            handle = self._running.get(event.seq)
+            if handle is None:
+                continue  # cancelled meanwhile
+            if event.error is not None:
+                exc = event.error
+                if isinstance(exc, DyndepthError):
+                    handle._put(Failed(errors.from_dyndepth(exc, handle.job.field_names)))
+                else:
+                    log.error("generation failed", exc_info=(type(exc), exc, exc.__traceback__))
+                    handle._put(Failed(errors.internal(exc)))
+            elif event.chunk is not None:
+                handle._put(Step(list(event.chunk.token_ids), event.chunk.text or "", event.step, now))
+            if event.done:
+                if event.error is None:
+                    handle._put(Done(event.seq.stats, now))
+                del self._running[event.seq]
