@@ -58,6 +58,10 @@ def register(subparsers) -> None:
     p.add_argument("--sweep", nargs="+", metavar="KEY=V1,V2", default=None,
                    help="grid over the --sweep-method's settings, e.g. threshold=-0.3,-0.6 max_depth=7,11")
     p.add_argument("--sweep-method", default="ddd", help="the tree method the grid expands (default ddd)")
+    p.add_argument("--batch-size", default=None, metavar="B[,B...]",
+                   help="offline throughput mode: answer every question's first turn with each method at these "
+                        "batch sizes (e.g. 1,2,4,8,16) and report tok/s per method and batch size "
+                        "(throughput.md); dyndepth's methods batch continuously, vanilla in static padded batches")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.set_defaults(func=run)
@@ -77,7 +81,26 @@ def _check_args(args) -> None:
         raise DyndepthError(f"--questions must be >= 1, got {args.questions}")
     if args.turns is not None and args.turns < 1:
         raise DyndepthError(f"--turns must be >= 1, got {args.turns}")
+    if args.batch_size is not None:
+        args.batch_sizes = batch_sizes(args.batch_size)
+        if args.sweep:
+            raise DyndepthError("--batch-size and --sweep cannot be combined; run them separately")
     validate.output_dir("--out", args.out)
+
+
+def batch_sizes(text: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4] (each in 1..1024, no repeats)."""
+    sizes = []
+    for part in str(text).split(","):
+        try:
+            b = int(part.strip())
+        except ValueError:
+            raise DyndepthError(f"--batch-size takes integers separated by commas, e.g. 1,2,4,8, got {text!r}") \
+                from None
+        if not 1 <= b <= 1024 or b in sizes:
+            raise DyndepthError(f"--batch-size values must be distinct and in 1..1024, got {text!r}")
+        sizes.append(b)
+    return sizes
 
 
 def plan(args):
@@ -120,6 +143,13 @@ def run(args) -> int:
                     questions=args.questions, select=args.select, turns=args.turns, dtype=args.dtype, device=args.device,
                     threads=args.threads, warmup=args.warmup, warmup_tokens=args.warmup_tokens, seed=args.seed,
                     plots=args.plots)
+    if args.batch_size is not None:
+        from dyndepth.bench.throughput import run_throughput
+
+        doc = run_throughput(cfg, args.batch_sizes)
+        print(doc["markdown"])
+        print(f"wrote {args.out}/throughput.md, throughput.json, throughput.png", file=sys.stderr)
+        return 0
     doc = run_benchmark(cfg)
     print(doc["markdown"])
     if keys:

@@ -59,8 +59,9 @@ class HFGenerate(BenchMethod):
         self.pad_id = pad if pad is not None else min(self.stop_ids, default=0)
 
     def settings(self) -> dict:
+        impl = getattr(self.model.config, "_attn_implementation", None)
         d = {"backend": "transformers.generate", "dtype": str(self.target.dtype), "device": str(self.device),
-             "attn_implementation": getattr(self.model.config, "_attn_implementation", None)}
+             "attn_implementation": "sdpa" if impl == "dyndepth" else impl}  # dyndepth's is SDPA outside batches
         if self.assistant is not None:
             from transformers import GenerationConfig
 
@@ -106,6 +107,38 @@ class HFGenerate(BenchMethod):
         # assisted: the prefill is merged into the first verification; every target call is a step
         return TurnResult(new, wall, len(calls), verify_time=sum(calls),
                           draft_time=sum(draft_timer.durations) if draft_timer else 0.0)
+
+
+    def generate_batch(self, prompts: list[list[int]], params: GenParams, seed: int, batch_size: int):
+        """What a user writes with transformers: ``generate`` on static batches of ``batch_size`` prompts, left
+        padded (each batch runs until its longest answer ends)."""
+        import torch
+
+        from dyndepth.bench.throughput import BatchResult
+
+        if self.assistant is not None:
+            raise MethodSkipped("transformers refuses batched assisted generation")
+        outputs: list[list[int]] = []
+        t0 = now(self.device)
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i:i + batch_size]
+            width = max(len(p) for p in chunk)
+            ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in chunk], device=self.device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
+            kwargs = dict(max_new_tokens=params.max_new_tokens, eos_token_id=sorted(self.stop_ids) or None,
+                          pad_token_id=self.pad_id, attention_mask=mask, use_cache=True)
+            if params.greedy:
+                kwargs["do_sample"] = False
+            else:
+                kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p,
+                              top_k=params.top_k)
+                torch.manual_seed(seed + i)
+            with torch.inference_mode():
+                out = self.model.generate(ids, **kwargs)
+            outputs += [trim_at_stop(row[width:].tolist(), self.stop_ids, params.max_new_tokens) for row in out]
+        wall = now(self.device) - t0
+        tokens = sum(len(o) for o in outputs)
+        return BatchResult(self.name, batch_size, wall, tokens, tokens, outputs)
 
 
 def vanilla_factory(ctx, name: str, settings: dict) -> HFGenerate:

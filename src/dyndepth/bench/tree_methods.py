@@ -37,7 +37,7 @@ def engine_kwargs(settings: dict) -> dict:
 
 def check_settings(name: str, settings: dict) -> None:
     """Every check SpeculativeDecoder makes without a model, run at planning time (before any model loads)."""
-    from dyndepth.static_kv import check_options
+    from dyndepth.target.static import check_options
     from dyndepth.validate import OptionError, tree_options
 
     try:
@@ -84,6 +84,18 @@ class TreeMethod(BenchMethod):
                           prefill_time=st.prefill_time_s, draft_time=st.draft_time_s,
                           verify_time=st.verify_time_s, text=out.text or "",
                           **(_decisions(st) if self.decoder.head else {}))
+
+    def generate_batch(self, prompts: list[list[int]], params: GenParams, seed: int, batch_size: int):
+        """Every prompt through the engine, ``batch_size`` rows at a time (continuous batching)."""
+        from dyndepth.bench.throughput import BatchResult
+
+        t0 = now(self.device)
+        outs = self.decoder.generate(prompts, max_new_tokens=params.max_new_tokens, temperature=params.temperature,
+                                     top_p=params.top_p, top_k=params.top_k,
+                                     seed=[seed + i for i in range(len(prompts))], batch_size=batch_size)
+        wall = now(self.device) - t0
+        return BatchResult(self.name, batch_size, wall, sum(len(o.token_ids) for o in outs),
+                           sum(o.stats.steps + 1 for o in outs), [list(o.token_ids) for o in outs])
 
     def report(self) -> dict | None:
         """The auto policy's calibration and cost model after the run (None for the other policies)."""
