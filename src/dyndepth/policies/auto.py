@@ -5,7 +5,7 @@ verifies the number of nodes that maximises it.
     E[tokens]  = 1 + sum over the tree's nodes of P(node accepted)      (a node is accepted iff its whole path is)
 
 P(node accepted) comes from the calibration map (calibration.py): the learned conditional acceptance of each step
-of the node's path, multiplied along it; the times from the cost model (costs.py). The tree of N tokens is the
+of the node's path, multiplied along it; the times from the cost model (costs.py, measured by dyndepth.calibrate). The tree of N tokens is the
 root plus the N-1 best pool nodes by path value (the rerank's order, so E is computed over exactly the nodes that
 would be verified), and for a pool
 
@@ -88,9 +88,11 @@ class CostAwarePolicy(DepthPolicy):
     def prepare(self, decoder) -> None:
         self.n_max = decoder.total_tokens
         if self.costs is None:
-            from dyndepth.policies.costs import load_or_probe
+            # Measuring belongs to calibration, above the policies (it runs the target and the draft, which use
+            # the policies): imported here, when a decoder is built, so there is no module-level import circle.
+            from dyndepth.calibrate import provide_costs
 
-            self.costs = load_or_probe(decoder, update_rate=self.cost_update_rate)
+            provide_costs(decoder)
         self.costs.update_rate = self.cost_update_rate
 
     # -- the rate of a pool -----------------------------------------------------------------------------------
@@ -99,10 +101,11 @@ class CostAwarePolicy(DepthPolicy):
         """lambda: the run's committed tokens per measured step second so far (None before the first step)."""
         return self._tokens / self._seconds if self._seconds > 0 else None
 
-    def best(self, values: torch.Tensor, p_accept: torch.Tensor, levels: int) -> tuple[float, int, float, float]:
+    def best(self, values: torch.Tensor, p_accept: torch.Tensor, levels: int,
+             n_cap: int | None = None) -> tuple[float, int, float, float]:
         """values [P] log path values, p_accept [P] -> (best score, its N (root included), its E[tokens] - 1,
-        its expected rate E / T)."""
-        order = torch.argsort(values.float(), descending=True, stable=True)[: self.n_max - 1]
+        its expected rate E / T); N at most n_max (and n_cap when given)."""
+        order = torch.argsort(values.float(), descending=True, stable=True)[: min(self.n_max, n_cap or self.n_max) - 1]
         gain = torch.cumsum(p_accept[order].float().cpu(), 0)  # [n] E[accepted] with the n best nodes
         expected = torch.cat([torch.zeros(1), gain]) + 1.0  # [n + 1]: index n = n drafted nodes verified
         seconds = self.costs.draft_time(levels) + self.costs.verify_curve(self.n_max)[: expected.numel()]  # root + n
@@ -182,7 +185,8 @@ class CostAwarePolicy(DepthPolicy):
 
     def tree_size(self, pool, n_max):
         values, p = self._pool_p(pool)
-        _, n, expected, rate = self.best(values, p, pool.depth)
+        cap = self.costs.next_explore()  # a rebased cost curve is measured again by steps of several sizes
+        _, n, expected, rate = self.best(values, p, pool.depth, n_cap=cap)
         n = max(1, min(n, n_max))
         self.last = {"chosen_n": n, "predicted_accepted": round(expected, 4), "predicted_rate": round(rate, 3)}
         return n
