@@ -368,3 +368,17 @@ def test_max_new_tokens_above_the_context_is_refused():
     assert err.value.option == "max_new_tokens" and "maximum context length of 2048 tokens" in str(err.value)
     ok = GenerationRequest(max_new_tokens=2048).resolved(None, VOCAB, set(), context=2048)
     assert ok.request.max_new_tokens == 2048
+
+
+def test_api_md_states_both_dtype_defaults():
+    """from_pretrained defaults to float32 (exact), the command line to bfloat16 (fast): API.md says both."""
+    import inspect
+    from pathlib import Path
+
+    from dyndepth.cli import build_parser
+
+    py = inspect.signature(SpeculativeDecoder.from_pretrained).parameters["dtype"].default
+    cli = build_parser().parse_args(["generate"]).dtype
+    doc = (Path(__file__).parents[1] / "docs" / "API.md").read_text(encoding="utf-8")
+    row = next((line for line in doc.splitlines() if line.startswith("| `dtype` |")), "")
+    assert f"`{py}` in Python" in row and f"`{cli}` on the command line" in row
