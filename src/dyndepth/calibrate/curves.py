@@ -10,9 +10,9 @@ every N, and ``auto``, seeing no cost in a bigger tree, verified 48 tokens on ev
 - the curve is the lower envelope, c(N) = min over N' >= N of the timing at N': a larger tree never verifies
   faster, so a timing above a larger tree's is noise (a running max would carry it to every larger N);
 - the raw timings are checked: a smaller tree measured more than NOISE times (and SLACK_S) slower than a larger
-  one, or a draft of 3 levels measured faster than one of 1 level by that much, means the machine was busy. The probe then
-  measures again (ATTEMPTS in all); if it stays so, the envelope is used with a warning and marked ``suspect``,
-  and ``load_or_probe`` does not cache it, so the next run measures again.
+  one, or a draft of 3 levels measured faster than one of 1 level by that much, means the machine was busy. The
+  probe then measures again (ATTEMPTS in all); if it stays so, the envelope is used with a warning and marked
+  ``suspect``, and ``load_or_probe`` does not cache it, so the next run measures again.
 
 The draft head is timed over 1 and 3 levels (the fixed part: the root forward and the rerank; the slope: one
 level). Leaves the target's cache reset.

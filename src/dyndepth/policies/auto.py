@@ -5,9 +5,9 @@ verifies the number of nodes that maximises it.
     E[tokens]  = 1 + sum over the tree's nodes of P(node accepted)      (a node is accepted iff its whole path is)
 
 P(node accepted) comes from the calibration map (calibration.py): the learned conditional acceptance of each step
-of the node's path, multiplied along it; the times from the cost model (costs.py, measured by dyndepth.calibrate). The tree of N tokens is the
-root plus the N-1 best pool nodes by path value (the rerank's order, so E is computed over exactly the nodes that
-would be verified), and for a pool
+of the node's path, multiplied along it; the times from the cost model (costs.py, measured by dyndepth.calibrate).
+The tree of N tokens is the root plus the N-1 best pool nodes by path value (the rerank's order, so E is computed
+over exactly the nodes that would be verified), and for a pool
 
     best(pool, levels) = max over n of score(E_n, T_n),   E_n = 1 + cumsum(P sorted by value)[n-1],
                                                            T_n = t_draft(levels) + t_verify(n + 1)
@@ -30,8 +30,9 @@ predicted level's beam is its k best predicted nodes. Growth goes on while
     best(pool + predicted levels d + 1 .. d + j, d + j) > best(pool, d)   for some j <= lookahead
 
 (a level that adds little can still open a confident one below it), and never past ``max_depth``.
-``tree_size`` then returns the argmax N of best(pool, depth), at most the decoder's total_tokens.
-``observe`` feeds each step's verified nodes to the calibration and its measured times to the cost model.
+``tree_size`` then returns the argmax N of best(pool, depth), at most the decoder's total_tokens (and, for a few
+steps after the cost model rebased a curve the steps contradicted, at most its ``next_explore`` size, so that the
+steps measure the curve's slope again). ``observe`` feeds each step's verified nodes to the calibration and its measured times to the cost model.
 
 Everything per decision is a few vectorised ops over the pool's values (no per-node Python); like DDD's check it
 reads one scalar back per level on CUDA.

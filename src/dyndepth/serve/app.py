@@ -336,8 +336,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 class Guard:
-    """ASGI middleware before every route: counts answers by status (an unexpected exception as 500), refuses a body declared over the size limit
-    (413) and, with an API key, any request without ``Authorization: Bearer KEY`` (401; constant-time compare)."""
+    """ASGI middleware before every route: counts answers by status (an unexpected exception as 500), refuses a
+    body declared over the size limit (413) and, with an API key, any request without ``Authorization: Bearer
+    KEY`` (401; constant-time compare)."""
 
     def __init__(self, app, metrics: Metrics, api_key: str | None, max_body_bytes: int):
         self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
