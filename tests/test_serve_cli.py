@@ -27,6 +27,16 @@ def test_serve_binds_loopback_without_a_key_by_default():
     (["--served-model-name", "  "], "--served-model-name must not be empty"),
 ])
 def test_bad_server_options_are_one_line_errors_before_loading(argv, message, capsys, monkeypatch):
+    import uvicorn
+
+    from dyndepth.decoder import SpeculativeDecoder
+
+    def loaded(*a, **k):
+        pytest.fail("the model loaded (or the server started) before the options were refused")
+
+    monkeypatch.setattr(SpeculativeDecoder, "from_pretrained", classmethod(loaded))
+    monkeypatch.setattr(uvicorn, "run", loaded)
+    monkeypatch.setattr(uvicorn.Server, "run", loaded)
     monkeypatch.delenv("DYNDEPTH_API_KEY", raising=False)
     assert main(["serve", *argv]) == 2
     err = capsys.readouterr().err
