@@ -180,6 +180,8 @@ def test_top_k_may_not_exceed_the_draft_vocabulary():
     (dict(seed=1.5), "seed"),
     (dict(stop=""), "stop"),
     (dict(stop=[1, 2]), "stop"),
+    (dict(stop=["\ud800"]), "stop"),  # a lone surrogate: one line, not a UnicodeEncodeError
+    (dict(stop="x\udfff"), "stop"),
     (dict(stop_token_ids=[VOCAB]), "stop_token_ids"),
     (dict(stop_token_ids=[2.0]), "stop_token_ids"),
     (dict(min_new_tokens=-1), "min_new_tokens"),
@@ -330,3 +332,66 @@ def test_strict_json_for_stats():
 
     doc = finite_json({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -math.inf}})
     assert json.dumps(doc, allow_nan=False) == '{"a": null, "b": [1.0, null], "c": {"d": null}}'
+
+
+# -- issue 27 ------------------------------------------------------------------------------------------------------
+def test_lone_surrogates_are_one_line_option_errors(chat_dec):
+    for bad in ("\ud800", [{"role": "user", "content": "a\udfffb"}]):
+        with pytest.raises(OptionError) as err:
+            chat_dec.chat_ids(bad)
+        msg = str(err.value)
+        assert "UTF-8" in msg and "lone surrogate" in msg and "\n" not in msg
+        msg.encode("utf-8")  # the message itself can be printed
+    with pytest.raises(OptionError) as err:
+        chat_dec.generate(chat_dec.chat_ids("hi"), max_new_tokens=2, stop=["ok", "\ud800"])
+    assert err.value.option == "stop" and "U+D800" in str(err.value)
+
+
+def test_one_chat_rule_for_the_api_the_cli_and_the_server():
+    from dyndepth.validate import chat_messages
+
+    assert chat_messages("hi") == [{"role": "user", "content": "hi"}]
+    turns = chat_messages([{"role": "developer", "content": "Be brief.", "name": "x"},
+                           {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                           {"role": "user", "content": "More"}])
+    assert turns == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                     {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "More"}]
+    for bad, needle in (([], "non-empty"), ([{"role": "tool", "content": "x"}], "unknown role"),
+                        ([{"role": "user"}], "item 0"), ("x\ud800", "UTF-8"),
+                        ([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], "last turn")):
+        with pytest.raises(OptionError, match=needle):
+            chat_messages(bad)
+
+
+def test_a_keyword_for_generate_given_to_the_decoder_says_where_it_belongs():
+    with pytest.raises(OptionError) as err:
+        SpeculativeDecoder.from_pretrained("no-such-model", temperature=0.7)  # refused before any loading
+    assert err.value.option == "temperature" and "generate()" in str(err.value)
+    with pytest.raises(OptionError) as err:
+        SpeculativeDecoder.from_pretrained("no-such-model", beam=4)
+    for name in ("total_tokens", "static_cache", "min_depth"):  # tree, engine and auto options all listed
+        assert name in str(err.value)
+
+
+def test_max_new_tokens_above_the_context_is_refused():
+    from dyndepth.request import GenerationRequest
+
+    with pytest.raises(OptionError) as err:
+        GenerationRequest(max_new_tokens=10**20).resolved(None, VOCAB, set(), context=2048)
+    assert err.value.option == "max_new_tokens" and "maximum context length of 2048 tokens" in str(err.value)
+    ok = GenerationRequest(max_new_tokens=2048).resolved(None, VOCAB, set(), context=2048)
+    assert ok.request.max_new_tokens == 2048
+
+
+def test_api_md_states_both_dtype_defaults():
+    """from_pretrained defaults to float32 (exact), the command line to bfloat16 (fast): API.md says both."""
+    import inspect
+    from pathlib import Path
+
+    from dyndepth.cli import build_parser
+
+    py = inspect.signature(SpeculativeDecoder.from_pretrained).parameters["dtype"].default
+    cli = build_parser().parse_args(["generate"]).dtype
+    doc = (Path(__file__).parents[1] / "docs" / "API.md").read_text(encoding="utf-8")
+    row = next((line for line in doc.splitlines() if line.startswith("| `dtype` |")), "")
+    assert f"`{py}` in Python" in row and f"`{cli}` on the command line" in row

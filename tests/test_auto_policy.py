@@ -250,7 +250,7 @@ def test_auto_is_lossless_and_varies_the_tree(arch):
 def test_probe_measures_and_caches_costs(tmp_path, monkeypatch):
     from dyndepth.decoder import SpeculativeDecoder
     from dyndepth.head import DraftHead, head_config
-    from dyndepth.policies import costs as costs_mod
+    from dyndepth.calibrate import curves as costs_mod
     from tiny_models import tiny_target
 
     monkeypatch.setenv("DYNDEPTH_HOME", str(tmp_path))

@@ -12,7 +12,7 @@ def test_calibrate_prints_caches_and_plots(tiny_chat_model, tmp_path, monkeypatc
     monkeypatch.setenv("DYNDEPTH_HOME", str(tmp_path / "home"))
     plot = tmp_path / "costs.png"
     rc = main(["calibrate", "--model", str(tiny_chat_model), "--head", "random", "--dtype", "float32",
-               "--threads", "1", "--total-tokens", "12", "--draft-top-k", "3", "--repeats", "1", "--plot", str(plot)])
+               "--threads", "1", "--total-tokens", "12", "--draft-top-k", "3", "--repeats", "3", "--plot", str(plot)])
     out = capsys.readouterr().out
     assert rc == 0
     assert "tree size N | verify ms" in out and "\n12 | " in out and "ms per level" in out
@@ -24,7 +24,7 @@ def test_calibrate_prints_caches_and_plots(tiny_chat_model, tmp_path, monkeypatc
 
     # the auto policy of a decoder built the same way starts from that entry: no second probe
     from dyndepth.decoder import SpeculativeDecoder
-    from dyndepth.policies import costs as costs_mod
+    from dyndepth.calibrate import curves as costs_mod
 
     monkeypatch.setattr(costs_mod, "probe", lambda *a, **k: pytest.fail("auto probed again despite the cache"))
     import torch

@@ -44,6 +44,7 @@ def assert_one_line_error(code, err, *needles):
     (["--max-depth", "4"], ["--max-depth", "default check depths"]),
     (["--policy", "fixed", "--threshold", "-1"], ["--threshold", "'ddd' policy only"]),
     (["--policy", "plain", "--total-tokens", "12"], ["--total-tokens", "plain"]),
+    (["--policy", "plain", "--head", "some/head"], ["--head", "does not apply to the 'plain' policy"]),
     (["--threads", "-1"], ["--threads", "-1"]),
     (["--threads", "0"], ["--threads", "got 0"]),
     (["--device", "tpu"], ["--device", "tpu"]),
@@ -87,7 +88,8 @@ def test_prompt_sources_are_checked(capsys, tmp_path, argv_tail, needles):
     ("[", ["not valid JSON"]),
     ('{"role": "user"}', ["non-empty JSON list"]),
     ('[{"role": "user", "content": 3}]', ["item 0"]),
-    ('[{"role": "robot", "content": "x"}]', ["role 'robot'"]),
+    ('[{"role": "robot", "content": "x"}]', ["item 0 has an unknown role", "'robot'"]),
+    ('[{"role": "user", "content": "\\ud800"}]', ["item 0 content", "UTF-8", "U+D800"]),
     ('[{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]', ["last turn"]),
 ])
 def test_messages_files_are_checked(capsys, tmp_path, content, needles):
@@ -178,6 +180,8 @@ def test_stdin_prompt_file_and_messages_give_the_same_answer(capsys, monkeypatch
         answers[name] = json.loads(out)
     ids = {k: v["token_ids"] for k, v in answers.items()}
     assert ids["stdin"] == ids["file"] == ids["messages"] == ids["arg"]
+    settings = answers["arg"]["settings"]  # the beam width is not the sampling top_k printed under "sampling"
+    assert settings["draft_top_k"] >= 1 and "top_k" not in settings and "top_k" in answers["arg"]["sampling"]
     assert answers["arg"]["stats"]["prompt_tokens"] != answers["no-system"]["stats"]["prompt_tokens"]
     assert answers["arg"]["sampling"]["temperature"] == 0.0
 
@@ -219,3 +223,63 @@ def test_cli_sources_are_one_line_errors_on_a_real_model(capsys, tiny_chat_model
     code, _, err = run_cli(capsys, GEN + ["--model", str(tiny_chat_model), "--head", str(Path("/no/such/head")),
                                           "--prompt", "hi"])
     assert_one_line_error(code, err, "head")
+
+
+# -- issue 27: what a new user still hit ----------------------------------------------------------------------------
+def _generate_args(*argv):
+    from dyndepth.cli import build_parser
+
+    return build_parser().parse_args(["generate", "--model", "m", *argv])
+
+
+def test_stop_strings_unescape_backslash_n_t_and_backslash():
+    """A shell passes --stop "\\n\\n" as a backslash and an n: the README's example must stop at a blank line."""
+    from dyndepth.options import sampling_kwargs
+
+    args = _generate_args("--prompt", "hi", "--stop", "\\n\\n", "--stop", "a\\tb", "--stop", "c:\\\\new",
+                          "--stop", "\\x")
+    assert sampling_kwargs(args)["stop"] == ["\n\n", "a\tb", "c:\\new", "\\x"]
+
+
+def test_messages_roles_follow_the_rule_of_the_api_and_the_server(tmp_path):
+    """One rule for all three (validate.chat_messages): developer is system; the last turn is not the assistant's."""
+    from dyndepth.generate_cli import read_prompt
+    from dyndepth.validate import chat_messages
+
+    f = tmp_path / "m.json"
+    f.write_text(json.dumps([{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                             {"role": "assistant", "content": "Hello"}, {"role": "system", "content": "Go on."}]))
+    turns = read_prompt(_generate_args("--messages", str(f)))
+    assert [t["role"] for t in turns] == ["system", "user", "assistant", "system"]
+    assert turns == chat_messages(json.loads(f.read_text()))
+
+
+def test_every_option_has_help():
+    from dyndepth.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    missing = {name: [a.option_strings[0] for a in commands[name]._actions if a.option_strings and not a.help]
+               for name in ("generate", "demo", "serve", "calibrate")}
+    assert missing == {name: [] for name in missing}
+
+
+def test_an_absurd_max_new_tokens_is_one_line(capsys, tiny_chat_model):
+    """Above the model's context (2048 for the tiny model) no generation can end by its budget: refused, not run
+    until the context or a timeout."""
+    code, out, err = run_cli(capsys, GEN[:-2] + ["--model", str(tiny_chat_model), "--head", "random", "--prompt",
+                                                  "hi", "--max-new-tokens", "99999999999999999999"])
+    assert_one_line_error(code, err, "--max-new-tokens", "maximum context length of 2048 tokens",
+                          "99999999999999999999")
+    assert out == ""
+
+
+def test_a_reader_that_leaves_gets_no_traceback(tiny_chat_model):
+    """`dyndepth generate ... | head -c 1`: the reader closes the pipe; the command ends quietly (141, as a
+    command killed by SIGPIPE reports), without a BrokenPipeError traceback."""
+    cmd = [sys.executable, "-m", "dyndepth.cli"] + GEN + ["--model", str(tiny_chat_model), "--head", "random",
+                                                           "--prompt", "hi", "--temperature", "0", "--ignore-eos"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first byte is written
+    err = proc.stderr.read().decode(errors="replace")
+    assert proc.wait(300) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err

@@ -94,6 +94,19 @@ def test_pytorch_model_bin_that_is_not_a_plain_state_dict(target, tmp_path, payl
     one_line_error(tmp_path, "pytorch_model.bin", needle)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weights_that_are_not_finite_are_refused_at_load(target, deep, tmp_path, bad):
+    """A diverged training run's head would load and draft garbage (depth 11, tau 1.0): refused, naming the file
+    and the tensor, for EAGLE-1/2 and EAGLE-3 alike."""
+    (tmp_path / "eagle").mkdir()
+    official_checkpoint(target, tmp_path / "eagle")
+    edit_state(tmp_path / "eagle", lambda s: s["fc.weight"].view(-1).__setitem__(3, bad))
+    one_line_error(tmp_path / "eagle", "model.safetensors", "key 'fc.weight'", "NaN or infinite")
+    eagle3_checkpoint(deep, tmp_path / "eagle3")
+    edit_state(tmp_path / "eagle3", lambda s: s["norm.weight"].__setitem__(0, bad))
+    one_line_error(tmp_path / "eagle3", "model.safetensors", "key 'norm.weight'", "NaN or infinite")
+
+
 def test_no_weights_file(target, tmp_path):
     official_checkpoint(target, tmp_path)
     (tmp_path / "model.safetensors").unlink()

@@ -107,7 +107,8 @@ def raw(url, method, path, body=None, headers=None):
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=120)
     data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-    conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    conn.request(method, path, body=data, headers={k: v for k, v in sent.items() if v is not None})  # None: omit
     resp = conn.getresponse()
     text = resp.read().decode()
     conn.close()
@@ -357,6 +358,7 @@ def test_the_page_is_served_without_external_resources(server):
     status, page = raw(server, "GET", "/")
     assert status == 200 and "<script>" in page
     assert "http://" not in page and "https://" not in page  # no CDN: works offline
+    assert '{"Content-Type": "application/json"}' in page  # what its POSTs must declare (else 415)
 
 
 # -- the queue, timeouts and failures, on a model-free decoder ---------------------------------------------------
@@ -370,6 +372,7 @@ class FakeDecoder:
         self.target = type("T", (), {"max_context": 2048})()
         self.gate = threading.Event()
         self.gate.set()
+        self.fail_id = 1  # None: never fails (a chat prompt of SmolLM2's template starts with id 1)
 
     def describe(self):
         return {"policy": "fake"}
@@ -377,7 +380,7 @@ class FakeDecoder:
     def stream_text(self, ids, max_new_tokens=16, stats=None, **kw):
         from dyndepth.stats import StepStats
 
-        if ids[0] == 1:
+        if ids[0] == self.fail_id:
             raise RuntimeError("boom inside the model")
 
         def gen():
@@ -471,6 +474,132 @@ def test_a_client_that_leaves_a_non_streamed_request_frees_the_worker(fake):
         until(lambda: eng.running == 0, 10, "the worker to drop the generation")
         assert seen[0].new_tokens < 1000 and seen[0].stop_reason == ""
         assert client(url).completions.create(model=NAME, prompt=[5], max_tokens=2).choices[0].text == "aa"
+
+
+# -- the contract of the HTTP layer, on the model-free decoder (issue 27) --------------------------------------------
+CONTRACT_CONTEXT = 128  # the fake model's context window
+
+
+@pytest.fixture(scope="module")
+def contract(smollm2_path):
+    """(url, engine) of a server over the fake decoder with SmolLM2's tokenizer and chat template, a context of
+    CONTRACT_CONTEXT tokens and a draft beam width of 4: for what is refused or answered without a model."""
+    from transformers import AutoTokenizer
+
+    dec = FakeDecoder(AutoTokenizer.from_pretrained(smollm2_path))
+    dec.fail_id = None
+    dec.target = type("T", (), {"max_context": CONTRACT_CONTEXT})()
+    dec.describe = lambda: {"policy": "fake", "top_k": 4, "total_tokens": 4}
+    eng = Engine(dec, max_queue=4).start()
+    with LoopbackServer(create_app(eng, Settings(model_name=NAME))) as url:
+        yield url, eng
+    eng.close()
+
+
+def _chat_body(content="hi", **kw):
+    return {"model": NAME, "messages": [{"role": "user", "content": content}], "max_tokens": 2, **kw}
+
+
+def test_lone_surrogates_get_400_not_500(contract):
+    """"\\ud800" is valid JSON but no UTF-8 text: every text field refuses it with an OpenAI error body."""
+    url, _ = contract
+    chat_path, comp = "/v1/chat/completions", {"model": NAME, "prompt": "hi", "max_tokens": 2}
+    assert_error(*raw(url, "POST", chat_path, _chat_body("a\ud800b")), 400, param="messages")
+    parts = [{"type": "text", "text": "x"}, {"type": "text", "text": "\udfff"}]
+    assert_error(*raw(url, "POST", chat_path, _chat_body(parts)), 400, param="messages")
+    assert_error(*raw(url, "POST", chat_path, _chat_body(stop=["\ud800"])), 400, param="stop")
+    assert_error(*raw(url, "POST", "/v1/completions", {**comp, "prompt": "\ud800"}), 400, param="prompt")
+    assert_error(*raw(url, "POST", "/v1/completions", {**comp, "prompt": ["\udc80"]}), 400, param="prompt")
+    assert_error(*raw(url, "POST", "/v1/completions", {**comp, "stop": "\ud800"}), 400, param="stop")
+    assert_error(*raw(url, "POST", "/v1/completions", {**comp, "model": "\ud800"}), 404, param="model")
+    assert raw(url, "POST", "/v1/completions", comp)[0] == 200
+
+
+def test_an_unexpected_exception_is_counted_as_a_500(contract, monkeypatch):
+    url, eng = contract
+
+    def broken(prompt):
+        raise RuntimeError("a bug in the HTTP layer")
+
+    monkeypatch.setattr(eng.prompts, "text", broken)
+
+    def count():
+        return total(metric_values(url), "dyndepth_http_requests_total", route="/v1/completions", status="500")
+
+    before = count()
+    status, body = raw(url, "POST", "/v1/completions", {"model": NAME, "prompt": "hi", "max_tokens": 2})
+    assert_error(status, body, 500, type_="server_error")
+    assert "a bug" not in body["error"]["message"]
+    assert count() == before + 1
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", None])
+def test_a_body_not_declared_json_gets_415(contract, content_type):
+    """A page of any origin may POST these without a CORS preflight; JSON needs one."""
+    url, _ = contract
+    comp = {"model": NAME, "prompt": "hi", "max_tokens": 2}
+    for path, body in (("/v1/completions", comp), ("/v1/chat/completions", _chat_body())):
+        status, doc = raw(url, "POST", path, body, headers={"Content-Type": content_type})
+        assert_error(status, doc, 415)
+        assert doc["error"]["code"] == "unsupported_media_type"
+    status, doc = raw(url, "POST", "/v1/completions", b"not json", headers={"Content-Type": content_type})
+    assert_error(status, doc, 415)  # refused before the body is parsed
+
+
+def test_json_with_a_charset_and_the_openai_client_are_accepted(contract):
+    url, _ = contract
+    comp = {"model": NAME, "prompt": "hi", "max_tokens": 2}
+    for content_type in ("application/json; charset=utf-8", "Application/JSON"):
+        status, doc = raw(url, "POST", "/v1/completions", comp, headers={"Content-Type": content_type})
+        assert status == 200 and doc["choices"][0]["text"] == "aa"
+    assert client(url).completions.create(model=NAME, prompt="hi", max_tokens=2).choices[0].text == "aa"
+    assert client(url).chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=2).choices[0].message.content == "aa"
+
+
+def test_unsupported_fields_are_compared_with_their_type(contract):
+    """0 is not false and true is not 1: completions' logprobs 0 still asks for logprobs (refused), while
+    tool_choice "none" asks for no tool call (accepted, as documented)."""
+    url, _ = contract
+    comp = {"model": NAME, "prompt": "hi", "max_tokens": 2}
+    for field, value in (("logprobs", 0), ("logprobs", False), ("best_of", True), ("echo", 0), ("top_logprobs", 1)):
+        assert_error(*raw(url, "POST", "/v1/completions", {**comp, field: value}), 400, param=field)
+    assert_error(*raw(url, "POST", "/v1/chat/completions", _chat_body(logprobs=0)), 400, param="logprobs")
+    assert_error(*raw(url, "POST", "/v1/chat/completions", _chat_body(tool_choice="auto")), 400, param="tool_choice")
+    neutral = dict(tool_choice="none", logprobs=False, presence_penalty=0.0, frequency_penalty=0, top_logprobs=0)
+    assert raw(url, "POST", "/v1/chat/completions", _chat_body(**neutral))[0] == 200
+    assert raw(url, "POST", "/v1/completions", {**comp, "logprobs": None, "best_of": 1, "echo": False})[0] == 200
+
+
+def test_a_token_budget_above_the_context_is_refused_like_openai(contract):
+    url, eng = contract
+    for field in ("max_tokens", "max_completion_tokens"):
+        body = {**_chat_body(), field: CONTRACT_CONTEXT + 1}
+        status, doc = raw(url, "POST", "/v1/chat/completions", body)
+        assert_error(status, doc, 400, param=field)
+        assert doc["error"]["code"] == "context_length_exceeded"
+        assert f"maximum context length of {CONTRACT_CONTEXT} tokens" in doc["error"]["message"]
+    status, doc = raw(url, "POST", "/v1/completions", {"model": NAME, "prompt": "hi", "max_tokens": 10**20})
+    assert_error(status, doc, 400, param="max_tokens")
+    assert eng.running == 0 and eng.waiting == 0  # refused before any engine work
+
+
+def test_chat_roles_follow_the_rule_of_the_api_and_the_cli(contract):
+    url, _ = contract
+    path = "/v1/chat/completions"
+    turns = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert raw(url, "POST", path, {**_chat_body(), "messages": turns})[0] == 200
+    for bad in ([{"role": "tool", "content": "x"}, {"role": "user", "content": "hi"}],
+                [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]):
+        assert_error(*raw(url, "POST", path, {**_chat_body(), "messages": bad}), 400, param="messages")
+
+
+def test_model_settings_name_the_draft_beam_width_apart_from_sampling(contract):
+    url, _ = contract
+    status, doc = raw(url, "GET", "/v1/models")
+    settings = doc["data"][0]["settings"]
+    assert status == 200 and settings["draft_top_k"] == 4 and "top_k" not in settings
 
 
 # -- the page in headless Chromium ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Each subcommand lives next to the code it drives; this file only wires them into
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from dyndepth.errors import DyndepthError
@@ -35,7 +36,7 @@ def _optional_command_modules():
     import importlib
 
     names = ["dyndepth.generate_cli", "dyndepth.demo", "dyndepth.train.cli", "dyndepth.bench.cli",
-             "dyndepth.policies.calibrate_cli", "dyndepth.serve.cli"]
+             "dyndepth.calibrate.cli", "dyndepth.serve.cli"]
     modules = []
     for name in names:
         try:
@@ -50,7 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, so that a reader that left (| head) is noticed inside this try
+        return code
+    except BrokenPipeError:
+        # the reader of stdout closed it (e.g. `dyndepth generate ... | head -c 100`): stop quietly, as a
+        # command killed by SIGPIPE does; stdout goes to /dev/null so the interpreter's final flush is quiet too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for such a command
     except DyndepthError as exc:
         from dyndepth.validate import OptionError
 

@@ -30,6 +30,7 @@ from typing import Iterator
 import torch
 
 from dyndepth import validate
+from dyndepth.calibrate import provide_costs
 from dyndepth.engine.scheduler import DEFAULT_MAX_BATCH, Scheduler
 from dyndepth.engine.sequence import Sequence
 from dyndepth.errors import DyndepthError
@@ -93,7 +94,8 @@ class SpeculativeDecoder:
         self.stop_ids = target.stop_token_ids()
         self.last_stats: GenerationStats | None = None
         self.last_request: ResolvedRequest | None = None  # the options of the latest generation, defaults filled
-        self.policy.prepare(self)  # auto: load or measure this machine's cost curves
+        provide_costs(self)  # auto: load or measure this machine's cost curves
+        self.policy.prepare(self)
 
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -105,6 +107,8 @@ class SpeculativeDecoder:
         zoo model. static_cache, max_len, compile: the target's engine (see ``Target``). tree_and_policy_kwargs:
         top_k, total_tokens, max_depth, checks, threshold."""
         drafts = policy.max_depth > 0 if isinstance(policy, DepthPolicy) else policy != "plain"
+        if not drafts and head is not None:
+            raise OptionError("head", head, "does not apply to the 'plain' policy (it drafts nothing)")
         if not isinstance(policy, DepthPolicy):
             validate.tree_options(policy, **tree_and_policy_kwargs)  # every model-free check before loading
         validate.device(device)
@@ -129,13 +133,7 @@ class SpeculativeDecoder:
     def chat_ids(self, prompt: str | list[dict]) -> list[int]:
         """Apply the tokenizer's chat template to a user message, or to a list of {"role", "content"} messages
         (system, user, assistant turns; the template adds the assistant's generation prompt)."""
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        if not isinstance(messages, (list, tuple)) or not messages:
-            raise OptionError("messages", messages, "must be a string or a non-empty list of {role, content} dicts")
-        for i, m in enumerate(messages):
-            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-                raise OptionError("messages", m, f"item {i} must be a dict with string 'role' and 'content'")
-            validate.utf8_text("messages", m["content"])
+        messages = validate.chat_messages(prompt)
         if not getattr(self.tokenizer, "chat_template", None):
             raise DyndepthError("this model's tokenizer has no chat template; pass a plain prompt instead")
         try:
@@ -163,18 +161,38 @@ class SpeculativeDecoder:
         options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                        stop=stop, stop_token_ids=stop_token_ids, min_new_tokens=min_new_tokens, ignore_eos=ignore_eos)
         seqs, batch = self._sequences(input_ids, options, want_text=self.tokenizer is not None)
+        outs: list[GenerationOutput | None] = [None] * len(seqs)
+        for row, out in self._outputs(seqs, batch_size, raise_errors=not batch):
+            outs[row] = out
+        return outs if batch else outs[0]
+
+    def generate_iter(self, prompts, max_new_tokens=256, temperature: float | None = None,
+                      top_p: float | None = None, top_k: int | None = None, seed=None, *, stop=None,
+                      stop_token_ids=(), min_new_tokens: int = 0, ignore_eos: bool = False,
+                      batch_size: int | None = None) -> Iterator[tuple[int, GenerationOutput]]:
+        """Like ``generate`` on a list of prompts, but yields (index, GenerationOutput) for each prompt as soon as
+        it is done, in the order they finish: an offline job can write results while the rest decode. Every option
+        is checked before the first ``next()``."""
+        options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                       stop=stop, stop_token_ids=stop_token_ids, min_new_tokens=min_new_tokens, ignore_eos=ignore_eos)
+        seqs, _ = self._sequences(prompts, options, want_text=self.tokenizer is not None)
+        return self._outputs(seqs, batch_size, raise_errors=False)
+
+    def _outputs(self, seqs: list[Sequence], batch_size, raise_errors: bool):
+        """(row, GenerationOutput) per sequence as it finishes."""
         tokens: list[list[int]] = [[] for _ in seqs]
         texts: list[list[str]] = [[] for _ in seqs]
         errors: list[str | None] = [None] * len(seqs)
-        for chunk, error in self._run(seqs, batch_size, raise_errors=not batch):
+        for chunk, error in self._run(seqs, batch_size, raise_errors):
+            r = chunk.row
             if error is not None:
-                errors[chunk.row] = _one_line(error)
-                continue
-            tokens[chunk.row].extend(chunk.token_ids)
-            texts[chunk.row].append(chunk.text or "")
-        outs = [GenerationOutput(t, s.stats, "".join(x) if self.tokenizer is not None else None, e)
-                for t, x, s, e in zip(tokens, texts, seqs, errors)]
-        return outs if batch else outs[0]
+                errors[r] = _one_line(error)
+            else:
+                tokens[r].extend(chunk.token_ids)
+                texts[r].append(chunk.text or "")
+            if seqs[r].finished:
+                yield r, GenerationOutput(tokens[r], seqs[r].stats,
+                                          "".join(texts[r]) if self.tokenizer is not None else None, errors[r])
 
     def stream(self, input_ids, max_new_tokens=256, temperature: float | None = None, top_p: float | None = None,
                top_k: int | None = None, seed=None, *, stop=None, stop_token_ids=(), min_new_tokens: int = 0,
@@ -212,7 +230,7 @@ class SpeculativeDecoder:
         """One prompt and its generation options (GenerationRequest's keywords) -> a checked Sequence."""
         ids = self._prepare_ids(input_ids)  # [L]
         req = GenerationRequest(**options).resolved(getattr(self.target.model, "generation_config", None),
-                                                    self.vocab_size, self.stop_ids)
+                                                    self.vocab_size, self.stop_ids, context=self.target.max_context)
         if req.request.stop and self.tokenizer is None:
             raise DyndepthError("stop strings need a target with a tokenizer")
         context = self.target.max_context
@@ -244,6 +262,7 @@ class SpeculativeDecoder:
         size = validate.integer("batch_size", batch_size, lo=1) if batch_size is not None else None
         default = DEFAULT_MAX_BATCH["cuda" if self.target.device.type == "cuda" else "cpu"]
         scheduler = Scheduler(self, max_batch_size=size or min(len(seqs), default))
+        provide_costs(self)  # a cost model the drift check found stale is measured again, between generations
         for seq in seqs:
             scheduler.add(seq)
         owner = self.target.claim()  # from here on, any older stream of this target is invalid
@@ -263,6 +282,8 @@ class SpeculativeDecoder:
                         yield TextChunk([], None, event.seq.row), event.error
                     elif event.chunk is not None:
                         yield event.chunk, None
+                    elif event.done:  # e.g. the context end with no held-back text: say the row is done
+                        yield TextChunk([], "" if event.seq.texts is not None else None, event.seq.row), None
         finally:
             scheduler.close()
             target.release(owner)

@@ -18,8 +18,9 @@ def register(sub) -> None:
                        "2-core CPU in float32): --dtype float32 --draft-top-k 4 --total-tokens 8 --checks 2,3,4 "
                        "--max-depth 6 --threads 2.")
     add_decoder_options(p)
-    p.add_argument("--prompt", default=DEFAULT_PROMPT)
-    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the user message of the chat prompt")
+    p.add_argument("--max-new-tokens", type=int, default=160,
+                   help="tokens each of the two generations decodes (default: %(default)s)")
     # float32: the exactness mode, so the two texts are identical token for token (bf16 tree batching can flip
     # near-ties). A small tree with early DDD checks: on a CPU a float32 verification of 8 tokens already costs
     # ~1.5x a one-token step, and a draft level ~10% of one, so the head must earn each level. Measured on SmolLM2
@@ -36,11 +37,16 @@ def run(args) -> int:
     from dyndepth.options import apply_threads, decoder_kwargs
     from dyndepth.target import Target
 
-    policy = args.policy if args.policy != "plain" else "ddd"
+    policy = args.policy
+    if policy == "plain":
+        raise validate.OptionError("policy", policy, "must draft: the demo compares plain decoding with it (use ddd, "
+                                                     "fixed or auto)")
     validate.tree_options(policy, **decoder_kwargs(args))
+    validate.integer("max_new_tokens", args.max_new_tokens, lo=1)
     validate.device(args.device)
     apply_threads(args)
     target = Target.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+    validate.max_new_tokens_fit(args.max_new_tokens, target.max_context)
     head_arg = args.head
     if head_arg is None and shipped_head(args.model) is None:
         print(f"note: no trained head ships for {args.model}; using a random head (expect no speedup)")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from dyndepth import validate
 from dyndepth.errors import DyndepthError
-from dyndepth.options import add_decoder_options, add_sampling_options, build_decoder, check_sampling, sampling_kwargs
+from dyndepth.options import (add_decoder_options, add_sampling_options, build_decoder, check_sampling, sampling_kwargs,
+                              settings_json)
 
 
 def register(sub) -> None:
@@ -75,17 +76,11 @@ def _read_messages(path: Path, system: str | None) -> list[dict]:
         raise DyndepthError(f"--messages {path} is not valid JSON ({exc})") from None
     if not isinstance(msgs, list) or not msgs:
         raise DyndepthError(f"--messages {path} must hold a non-empty JSON list of {{role, content}} objects")
-    for i, m in enumerate(msgs):
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise DyndepthError(f"--messages {path}: item {i} must be an object with string 'role' and 'content'")
-        if m["role"] not in ("system", "user", "assistant"):
-            raise DyndepthError(f"--messages {path}: item {i} has role {m['role']!r}; use system, user or assistant")
-    if msgs[-1]["role"] != "user":
-        raise DyndepthError(f"--messages {path}: the last turn must be the user's (the model answers it)")
+    msgs = validate.chat_messages(msgs, option=f"--messages {path}:")  # the rule of chat_ids and the server
     if system is not None:
         if msgs[0]["role"] == "system":
             raise DyndepthError(f"--system given, but --messages {path} already starts with a system message")
-        msgs = [{"role": "system", "content": system}] + msgs
+        msgs = [{"role": "system", "content": validate.utf8_text("--system", system)}] + msgs
     return msgs
 
 
@@ -93,11 +88,12 @@ def run(args) -> int:
     prompt = read_prompt(args)
     check_sampling(args)  # before the model loads
     dec = build_decoder(args)
+    validate.max_new_tokens_fit(args.max_new_tokens, dec.target.max_context)
     ids = dec.chat_ids(prompt) if isinstance(prompt, list) else dec.tokenizer(prompt)["input_ids"]
     sampling = sampling_kwargs(args)
     if args.json:
         out = dec.generate(ids, **sampling)
-        doc = {"token_ids": out.token_ids, "text": out.text, "settings": dec.describe(),
+        doc = {"token_ids": out.token_ids, "text": out.text, "settings": settings_json(dec.describe()),
                "sampling": dec.last_request.describe(), "stats": out.stats.to_dict()}
         print(json.dumps(validate.finite_json(doc), allow_nan=False))
         return 0

@@ -6,6 +6,7 @@ Values are checked by ``dyndepth.validate`` (the same checks as the Python API),
 from __future__ import annotations
 
 import argparse
+import re
 
 
 def add_decoder_options(p: argparse.ArgumentParser, default_policy: str = "ddd") -> None:
@@ -33,23 +34,44 @@ def add_decoder_options(p: argparse.ArgumentParser, default_policy: str = "ddd")
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling (unset options take the model's generation_config.json; greedy if it has none)")
-    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--max-new-tokens", type=int, default=256,
+                   help="most tokens to generate, 1..the model's context length (default: %(default)s)")
     g.add_argument("--min-new-tokens", type=int, default=0, help="stop tokens are suppressed until this many (default 0)")
     g.add_argument("--temperature", type=float, default=None, help="0 = greedy")
-    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling: sample among the most likely tokens whose probabilities add up to this, "
+                        "in (0, 1]; 1 = off")
     g.add_argument("--top-k", type=int, default=None, help="sampling top-k (0 = off)")
     g.add_argument("--seed", type=int, default=None, help="makes a sampled generation reproducible")
     g.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="stop when the text contains TEXT (not included in the output; repeatable)")
+                   help="stop when the text contains TEXT (not included in the output; repeatable); \\n, \\t "
+                        "and \\\\ in TEXT mean a newline, a tab and a backslash, so --stop '\\n\\n' stops at a "
+                        "blank line")
     g.add_argument("--stop-token-id", dest="stop_token_ids", type=int, action="append", default=[], metavar="ID",
                    help="an extra token id that ends the generation (kept in the output; repeatable)")
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at the model's end-of-sequence tokens")
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """A command-line stop string as the user meant it: a shell passes "\\n" as a backslash and an n, so \\n, \\t
+    and \\\\ are turned into a newline, a tab and one backslash; any other backslash is kept as it is."""
+    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
+
+
 def sampling_kwargs(args) -> dict:
+    stop = None if args.stop is None else [unescape(s) for s in args.stop]
     return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                top_k=args.top_k, seed=args.seed, stop=args.stop, stop_token_ids=tuple(args.stop_token_ids),
+                top_k=args.top_k, seed=args.seed, stop=stop, stop_token_ids=tuple(args.stop_token_ids),
                 min_new_tokens=args.min_new_tokens, ignore_eos=args.ignore_eos)
+
+
+def settings_json(settings: dict) -> dict:
+    """A decoder's ``describe()`` for JSON outputs (``generate --json``, the server's /v1/models): the draft beam
+    width is ``draft_top_k`` there, so it is not mistaken for the sampling ``top_k`` printed next to it."""
+    return {("draft_top_k" if k == "top_k" else k): v for k, v in settings.items()}
 
 
 def check_sampling(args) -> None:
@@ -85,13 +107,23 @@ def apply_threads(args) -> None:
         torch.set_num_threads(n)
 
 
-def build_decoder(args, policy: str | None = None):
+def check_decoder_options(args, policy: str | None = None) -> None:
+    """The model-free checks of the decoder options (before anything loads or binds)."""
     from dyndepth import validate
-    from dyndepth.decoder import SpeculativeDecoder
 
     policy = policy or args.policy
     validate.tree_options(policy, **decoder_kwargs(args))
+    if policy == "plain" and args.head is not None:
+        raise validate.OptionError("head", args.head, "does not apply to the 'plain' policy (it drafts nothing)")
     validate.device(args.device)
+    validate.threads(args.threads)
+
+
+def build_decoder(args, policy: str | None = None):
+    from dyndepth.decoder import SpeculativeDecoder
+
+    policy = policy or args.policy
+    check_decoder_options(args, policy)
     apply_threads(args)
     return SpeculativeDecoder.from_pretrained(args.model, head=args.head, dtype=args.dtype, device=args.device,
                                               policy=policy, **decoder_kwargs(args))

@@ -58,9 +58,13 @@ class GenerationRequest:
             raise v.OptionError("ignore_eos", self.ignore_eos, "must be True or False")
         return self
 
-    def resolved(self, generation_config, vocab: int, eos_ids: set[int]) -> "ResolvedRequest":
-        """Fill unset sampling options from the target's generation config; check ids against the vocabulary."""
+    def resolved(self, generation_config, vocab: int, eos_ids: set[int],
+                 context: int | None = None) -> "ResolvedRequest":
+        """Fill unset sampling options from the target's generation config; check ids against the vocabulary
+        and, given the model's ``context``, ``max_new_tokens`` against it."""
         self.check()
+        if context is not None:
+            v.max_new_tokens_fit(self.max_new_tokens, context)
         gc = generation_config
 
         def from_config(name):

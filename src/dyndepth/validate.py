@@ -25,12 +25,18 @@ TEMPERATURE_MAX = 100.0  # above this the processed distribution is uniform to f
 STOP_STRINGS_MAX = 16
 SEED_MAX = 2**63 - 1
 
+# What each call takes, for the error that names a keyword given to the wrong one.
+TREE_OPTIONS = ("policy", "top_k", "total_tokens", "max_depth", "checks", "threshold")
+ENGINE_OPTIONS = ("dtype", "device", "static_cache", "max_len", "compile")  # from_pretrained only
+GENERATION_OPTIONS = ("max_new_tokens", "temperature", "top_p", "seed", "stop", "stop_token_ids", "min_new_tokens",
+                      "ignore_eos")  # top_k is both: the decoder's is the draft beam width
+
 CLI_FLAGS = {
     "max_new_tokens": "--max-new-tokens", "min_new_tokens": "--min-new-tokens", "temperature": "--temperature",
     "top_p": "--top-p", "top_k": "--top-k", "seed": "--seed", "stop": "--stop", "stop_token_ids": "--stop-token-id",
     "draft top_k": "--draft-top-k", "total_tokens": "--total-tokens", "max_depth": "--max-depth",
     "checks": "--checks", "threshold": "--threshold", "device": "--device", "threads": "--threads",
-    "dtype": "--dtype", "policy": "--policy", "prompt": "--prompt",
+    "dtype": "--dtype", "policy": "--policy", "prompt": "--prompt", "head": "--head",
 }
 
 
@@ -138,11 +144,51 @@ def token_ids(option: str, value, vocab: int) -> list[int]:
 
 
 def utf8_text(option: str, text: str) -> str:
+    """``text`` if UTF-8 can carry it. A lone surrogate (``"\\ud800"`` is valid JSON; an undecodable byte read with
+    ``surrogateescape`` is one too) is refused in one line; the value is shown escaped, so the message itself
+    always encodes."""
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise OptionError(option, text.encode("utf-8", "surrogateescape")[:40], "is not valid UTF-8 text") from None
+    except UnicodeEncodeError as exc:
+        raise OptionError(option, text[:40], f"is not valid UTF-8 text (lone surrogate U+{ord(text[exc.start]):04X} "
+                                             f"at character {exc.start})") from None
     return text
+
+
+CHAT_ROLES = ("system", "developer", "user", "assistant")  # "developer": OpenAI's newer name for "system"
+
+
+def chat_messages(messages, option: str = "messages") -> list[dict]:
+    """The one rule for chat input, shared by ``chat_ids``, ``dyndepth generate --messages`` and the server.
+
+    A string is one user turn; otherwise a non-empty list of ``{"role", "content"}`` dicts with a role in
+    CHAT_ROLES and string content (UTF-8), whose last turn is not the assistant's (the model answers the
+    conversation). Returns the turns as a chat template takes them: role and content only, "developer" as
+    "system"."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise OptionError(option, messages, "must be a string or a non-empty list of {role, content} turns")
+    turns = []
+    for i, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise OptionError(option, m, f"item {i} must be an object with string 'role' and 'content'")
+        if m["role"] not in CHAT_ROLES:
+            raise OptionError(option, m["role"], f"item {i} has an unknown role (use {', '.join(CHAT_ROLES)})")
+        utf8_text(f"{option} item {i} content", m["content"])
+        turns.append({"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]})
+    if turns[-1]["role"] == "assistant":
+        raise OptionError(option, "assistant", "must not end with the assistant's turn: the last turn is what the "
+                                               "model answers")
+    return turns
+
+
+def max_new_tokens_fit(value: int, context: int, option: str = "max_new_tokens") -> int:
+    """A token budget no generation of this model can use up is refused (OpenAI answers such a request 400): the
+    context holds the prompt and the answer, so a budget above it would only end at the context or a timeout."""
+    if value > context:
+        raise OptionError(option, value, f"must be at most the model's maximum context length of {context} tokens")
+    return value
 
 
 # -- tree and policy ---------------------------------------------------------------------------------------
@@ -254,8 +300,13 @@ def tree_options(policy, top_k=None, total_tokens=None, max_depth=None, checks=N
         raise OptionError("policy", policy, f"must be one of: {', '.join(POLICIES)}")
     unknown = sorted(set(policy_options) - set(AUTO_OPTIONS))
     if unknown:
-        raise OptionError(unknown[0], policy_options[unknown[0]], f"is not an option (policy options: "
-                                                                  f"{', '.join(AUTO_OPTIONS)})")
+        name = unknown[0]
+        if name in GENERATION_OPTIONS:
+            raise OptionError(name, policy_options[name], "is a generation option: pass it to generate(), stream() "
+                                                          "or stream_text(), not to the decoder")
+        raise OptionError(name, policy_options[name], f"is not a decoder option (tree: {', '.join(TREE_OPTIONS)}; "
+                                                      f"engine: {', '.join(ENGINE_OPTIONS)}; auto policy: "
+                                                      f"{', '.join(AUTO_OPTIONS)})")
     given = {"draft top_k": top_k, "total_tokens": total_tokens, "max_depth": max_depth, "checks": checks,
              "threshold": threshold, **policy_options}
     if policy == "plain":

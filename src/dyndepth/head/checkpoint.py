@@ -232,6 +232,10 @@ def load_checked(head, state: dict, weights: Path) -> None:
         if not t.dtype.is_floating_point:
             raise DyndepthError(f"draft head checkpoint {weights}: key {key!r} has dtype {t.dtype}, expected a "
                                 f"floating-point type")
+        if not bool(torch.isfinite(t).all()):  # a diverged training run: the head would draft garbage silently
+            bad = int((~torch.isfinite(t)).sum())
+            raise DyndepthError(f"draft head checkpoint {weights}: key {key!r} holds {bad} NaN or infinite "
+                                f"value(s) (a diverged training run?)")
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise DyndepthError(f"draft head checkpoint {weights} has unexpected key(s): {', '.join(unexpected)}")

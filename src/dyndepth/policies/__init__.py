@@ -4,7 +4,8 @@
     classic.py      plain (no draft), fixed (EAGLE-2), ddd (the DDD paper's rule, unchanged)
     auto.py         the cost-aware policy: maximise expected tokens per second
     calibration.py  (path value, depth) -> P(accepted), learned online from verification
-    costs.py        t_draft(levels) and t_verify(N), probed once per machine and corrected online
+    costs.py        t_draft(levels) and t_verify(N): the model, its online correction and its cache (the probe
+                    that measures them is dyndepth.calibrate, above the policies)
 """
 
 from __future__ import annotations

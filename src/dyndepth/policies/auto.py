@@ -5,9 +5,9 @@ verifies the number of nodes that maximises it.
     E[tokens]  = 1 + sum over the tree's nodes of P(node accepted)      (a node is accepted iff its whole path is)
 
 P(node accepted) comes from the calibration map (calibration.py): the learned conditional acceptance of each step
-of the node's path, multiplied along it; the times from the cost model (costs.py). The tree of N tokens is the
-root plus the N-1 best pool nodes by path value (the rerank's order, so E is computed over exactly the nodes that
-would be verified), and for a pool
+of the node's path, multiplied along it; the times from the cost model (costs.py, measured by dyndepth.calibrate).
+The tree of N tokens is the root plus the N-1 best pool nodes by path value (the rerank's order, so E is computed
+over exactly the nodes that would be verified), and for a pool
 
     best(pool, levels) = max over n of score(E_n, T_n),   E_n = 1 + cumsum(P sorted by value)[n-1],
                                                            T_n = t_draft(levels) + t_verify(n + 1)
@@ -30,8 +30,9 @@ predicted level's beam is its k best predicted nodes. Growth goes on while
     best(pool + predicted levels d + 1 .. d + j, d + j) > best(pool, d)   for some j <= lookahead
 
 (a level that adds little can still open a confident one below it), and never past ``max_depth``.
-``tree_size`` then returns the argmax N of best(pool, depth), at most the decoder's total_tokens.
-``observe`` feeds each step's verified nodes to the calibration and its measured times to the cost model.
+``tree_size`` then returns the argmax N of best(pool, depth), at most the decoder's total_tokens (and, for a few
+steps after the cost model rebased a curve the steps contradicted, at most its ``next_explore`` size, so that the
+steps measure the curve's slope again). ``observe`` feeds each step's verified nodes to the calibration and its measured times to the cost model.
 
 In a batch (engine/step.py) every row grows its own tree with this rule, and the rows share one verification
 forward, so the node budget is chosen for the whole step: ``tree_sizes`` takes every row's nodes in its own rerank
@@ -106,10 +107,9 @@ class CostAwarePolicy(DepthPolicy):
 
     def prepare(self, decoder) -> None:
         self.n_max = decoder.total_tokens
-        if self.costs is None:
-            from dyndepth.policies.costs import load_or_probe
-
-            self.costs = load_or_probe(decoder, update_rate=self.cost_update_rate)
+        if self.costs is None:  # measuring belongs to calibration, above the policies: the decoder provides it
+            raise DyndepthError("the auto policy needs a cost model: build the decoder with SpeculativeDecoder, "
+                                "which loads or measures one (dyndepth.calibrate.provide_costs)")
         self.costs.update_rate = self.cost_update_rate
 
     # -- the rate of a pool -----------------------------------------------------------------------------------
@@ -118,10 +118,11 @@ class CostAwarePolicy(DepthPolicy):
         """lambda: the run's committed tokens per measured step second so far (None before the first step)."""
         return self._tokens / self._seconds if self._seconds > 0 else None
 
-    def best(self, values: torch.Tensor, p_accept: torch.Tensor, levels: int) -> tuple[float, int, float, float]:
+    def best(self, values: torch.Tensor, p_accept: torch.Tensor, levels: int,
+             n_cap: int | None = None) -> tuple[float, int, float, float]:
         """values [P] log path values, p_accept [P] -> (best score, its N (root included), its E[tokens] - 1,
-        its expected rate E / T)."""
-        order = torch.argsort(values.float(), descending=True, stable=True)[: self.n_max - 1]
+        its expected rate E / T); N at most n_max (and n_cap when given)."""
+        order = torch.argsort(values.float(), descending=True, stable=True)[: min(self.n_max, n_cap or self.n_max) - 1]
         gain = torch.cumsum(p_accept[order].float().cpu(), 0)  # [n] E[accepted] with the n best nodes
         expected = torch.cat([torch.zeros(1), gain]) + 1.0  # [n + 1]: index n = n drafted nodes verified
         seconds = self._draft_share(levels) + self._verify_from(self._base, expected.numel())  # root + n
@@ -220,7 +221,8 @@ class CostAwarePolicy(DepthPolicy):
 
     def tree_size(self, pool, n_max):
         values, p = self._pool_p(pool)
-        _, n, expected, rate = self.best(values, p, pool.depth)
+        cap = self.costs.next_explore()  # a rebased cost curve is measured again by steps of several sizes
+        _, n, expected, rate = self.best(values, p, pool.depth, n_cap=cap)
         n = max(1, min(n, n_max))
         self.last = {"chosen_n": n, "predicted_accepted": round(expected, 4), "predicted_rate": round(rate, 3)}
         pool.predicted_accepted = self.last["predicted_accepted"]

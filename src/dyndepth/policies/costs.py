@@ -3,11 +3,11 @@
     t_verify(N)     = a_v + b_v * (c(N) - c(1))      probe: a_v = c(1), b_v = 1
     t_draft(levels) = a_d + b_d * levels             probe: a_d = draft_base_s, b_d = draft_level_s
 
-where c(N) is the piecewise-linear interpolation of the probed curve verify_s[N]. ``probe`` measures both once on
-the loaded target and head (a short synthetic prompt, a few repetitions, the median), and the result is cached
-as JSON under ``$DYNDEPTH_HOME/costs/`` keyed by model, head, dtype, device, threads and beam width, so later runs
-start instantly. While decoding, ``observe`` corrects the curves from measured step times, so a machine that gets
-busier or a longer context (attention grows with it) is followed:
+where c(N) is the piecewise-linear interpolation of the probed curve verify_s[N]. The probe itself (measuring on
+the loaded target and head) lives above the policies, in ``dyndepth.calibrate``; this module holds the model, its
+online correction and its cache: JSON under ``$DYNDEPTH_HOME/costs/`` keyed by model, head, dtype, device, threads,
+beam width and PROBE_VERSION, so later runs start instantly. While decoding, ``observe`` corrects the curves from
+measured step times, so a machine that gets busier or a longer context (attention grows with it) is followed:
 
 both lines are refitted after every step (``OnlineLine``: exponentially weighted least squares of the measured
 times, memory 1 / update_rate steps) so that the fixed part and the part that grows with the tree are corrected
@@ -17,24 +17,41 @@ about 3, so one scale for the whole draft charged each level 1.7x its cost). A r
 VERIFY_PRIOR steps at the start, decays with the data to RIDGE_FLOOR: the probe rules the first steps, the
 measured steps the rest, and steps that all verify the same N (or draft the same depth) leave the slope where
 the probe put it instead of making it up.
+
+The online lines can rescale the probed curve but not change its shape. A curve of the wrong shape (the old
+probe's running max turned one slow early timing into 78 ms for every N, so ``auto`` verified 48 tokens every
+step) is caught by the drift check: when the measured verify times stay more than DRIFT_FACTOR away from the
+probed curve, on average over DRIFT_MIN_STEPS steps or more, the model warns once, drops its cache entry (the
+next decoder measures again) and rebases the curve on a neutral shape through the measured level (half of it
+fixed, half growing with N), which the steps then correct: ``stale`` tells the decoder a new probe is due.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-PROBE_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
-PROBE_VERSION = 2  # part of the cache key: a cache written by an older probe is measured again
+# Part of the cache key: a cache written by an older probe is measured again. 3: repeats interleaved across the
+# sizes and a lower envelope instead of a running max (dyndepth.calibrate); caches of the running max are dropped.
+PROBE_VERSION = 3
 VERIFY_PRIOR = 4.0  # starting weight, in steps, of the ridge that holds the online cost lines at the probe
 RIDGE_FLOOR = 0.005  # the ridge decays with the data to this weight: it only decides what the steps leave open
 SCALE_BOUNDS = (0.05, 20.0)  # a fitted slope stays within these factors of the probe's
+DRIFT_FACTOR = 2.0  # measured verify times this far from the probed curve (either way) ...
+DRIFT_MIN_STEPS = 32  # ... on average over at least this many steps: the curve is wrong, not the step
+DRIFT_RATE = 1 / 16  # memory of the drift average (about 16 steps)
+NEUTRAL_FIXED = 0.5  # the rebased curve: this share of the measured time is fixed, the rest grows with N
+EXPLORE_FRACTIONS = (1 / 8, 1 / 4, 1 / 2)  # after a rebase, trees of these fractions of the measured N ...
+EXPLORE_ROUNDS = 4  # ... are verified in turn this many times, so the steps measure the slope, not one point
+
+log = logging.getLogger("dyndepth.costs")
 
 
 class OnlineLine:
@@ -80,14 +97,23 @@ class CostModel:
         if not self.sizes or self.sizes[0] != 1 or list(self.sizes) != sorted(self.sizes):
             raise ValueError("cost sizes must start at 1 and ascend")
         self._n = torch.tensor(self.sizes, dtype=torch.float32)
-        self._t = torch.tensor(self.verify_s, dtype=torch.float32)
-        self._curve: torch.Tensor | None = None  # c(N) - c(1) for N = 1 .. n_max, interpolated once
-        c1 = float(self.verify_s[0])
-        spread = float(self.verify_s[-1]) - c1
-        # verify: t = a + b * (c(N) - c(1)), prior a = c(1), b = 1; draft: t = a + b * levels, prior the probe's
-        self.verify_fit = OnlineLine(c1, 1.0, c1, spread)
+        self._set_verify_curve(list(self.verify_s))
         self.draft_fit = OnlineLine(self.draft_base_s, self.draft_level_s, self.draft_base_s + self.draft_level_s,
                                     1.0)
+        self.stale = False  # set by the drift check: the probed curve is wrong here, a new probe is due
+        self._drift = 0.0  # running mean of log(measured / probed verify time)
+        self._drift_steps = 0
+        self._level = [0.0, 0.0]  # running means of the measured N and verify seconds (the rebase's level)
+        self._explore: list[int] = []  # tree sizes still to try after a rebase (next_explore)
+
+    def _set_verify_curve(self, verify_s: list[float]) -> None:
+        self.verify_s = verify_s
+        self._t = torch.tensor(verify_s, dtype=torch.float32)
+        self._curve: torch.Tensor | None = None  # c(N) - c(1) for N = 1 .. n_max, interpolated once
+        c1 = float(verify_s[0])
+        spread = float(verify_s[-1]) - c1
+        # verify: t = a + b * (c(N) - c(1)), prior a = c(1), b = 1; draft: t = a + b * levels, prior the probe's
+        self.verify_fit = OnlineLine(c1, 1.0, c1, spread)
 
     # -- prediction (vectorised over N) -------------------------------------------------------------------
     def _probed(self, n: torch.Tensor) -> torch.Tensor:
@@ -137,10 +163,44 @@ class CostModel:
     def observe(self, tree_size: int, verify_s: float, levels: int, draft_s: float) -> None:
         """One step's measured times: verify_s for a tree of tree_size tokens, draft_s for ``levels`` levels."""
         if verify_s > 0:
-            x = float(self._probed(torch.tensor([tree_size]))[0]) - float(self.verify_s[0])
-            self.verify_fit.observe(x, verify_s, self.update_rate)
+            probed = float(self._probed(torch.tensor([tree_size]))[0])
+            self.verify_fit.observe(probed - float(self.verify_s[0]), verify_s, self.update_rate)
+            self._check_drift(tree_size, verify_s, probed)
         if levels > 0 and draft_s > 0:
             self.draft_fit.observe(float(levels), draft_s, self.update_rate)
+
+    def _check_drift(self, tree_size: int, verify_s: float, probed: float) -> None:
+        """Track how far the measured verify times are from the probed curve; past DRIFT_FACTOR on average over
+        DRIFT_MIN_STEPS steps or more, warn, drop the cache entry and rebase the curve (once per model)."""
+        a = 1.0 if self._drift_steps == 0 else DRIFT_RATE
+        self._drift += a * (math.log(verify_s / max(probed, 1e-12)) - self._drift)
+        self._level = [m + a * (x - m) for m, x in zip(self._level, (float(tree_size), verify_s))]
+        self._drift_steps += 1
+        if self.stale or self._drift_steps < DRIFT_MIN_STEPS or abs(self._drift) < math.log(DRIFT_FACTOR):
+            return
+        self.stale = True
+        n, t = self._level
+        log.warning("cost model: verification measures %.1f ms at N = %.0f where the probed curve says %.1f ms, "
+                    "%.1fx, for %d steps; dropping the cached curve (the next decoder measures again) and "
+                    "refitting from the steps", 1000 * t, n, 1000 * t / math.exp(self._drift),
+                    math.exp(self._drift), self._drift_steps)
+        forget(self.meta.get("key"))
+        self.rebase(n, t)
+
+    def rebase(self, n: float, seconds: float) -> None:
+        """Replace the probed verify curve by a neutral one through ``seconds`` at ``n`` tokens: NEUTRAL_FIXED of
+        it fixed, the rest proportional to N. The online line then learns the real base and slope from the steps;
+        since steps that all verify one N say nothing about the slope, the next EXPLORE_ROUNDS x 3 trees are capped
+        at 1/8, 1/4 and 1/2 of ``n`` in turn (``next_explore``): the curve is measured again by the steps."""
+        n = max(float(n), 1.0)
+        per_token = seconds * (1 - NEUTRAL_FIXED) / n
+        self._set_verify_curve([seconds * NEUTRAL_FIXED + per_token * m for m in self.sizes])
+        self._explore = [max(1, round(n * f)) for f in EXPLORE_FRACTIONS] * EXPLORE_ROUNDS
+        self.meta["rebased"] = {"n": round(n, 2), "verify_s": round(seconds, 6)}
+
+    def next_explore(self) -> int | None:
+        """The largest tree the next step may verify while a rebased curve is being measured, else None."""
+        return self._explore.pop(0) if self._explore else None
 
     def to_dict(self) -> dict:
         return {"sizes": list(self.sizes), "verify_s": [round(t, 6) for t in self.verify_s],
@@ -153,7 +213,7 @@ class CostModel:
                    update_rate=update_rate, meta=dict(d.get("meta", {})))
 
 
-# -- probing on the real model ---------------------------------------------------------------------------------
+# -- the cache --------------------------------------------------------------------------------------------------
 def cache_path(key: dict) -> Path:
     from dyndepth.models import cache_dir
 
@@ -177,21 +237,18 @@ def _head_id(head) -> str:
     return f"{type(head).__name__}:{n}"
 
 
-def load_or_probe(decoder, update_rate: float = 0.05, use_cache: bool = True) -> CostModel:
-    key = cost_key(decoder)
+def load(key: dict, update_rate: float = 0.05) -> CostModel | None:
+    """The cached model of ``key``, or None where there is none (or it is stale or broken: measured again)."""
     path = cache_path(key)
-    if use_cache and path.is_file():
-        try:
-            data = json.loads(path.read_text())
-            if data.get("meta", {}).get("key") == key:
-                return CostModel.from_dict(data, update_rate)
-        except (OSError, ValueError, KeyError):
-            pass  # a stale or broken cache entry is measured again
-    model = probe(decoder, update_rate=update_rate)
-    model.meta["key"] = key
-    if use_cache:
-        store(model, key)
-    return model
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if data.get("meta", {}).get("key") == key:
+            return CostModel.from_dict(data, update_rate)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def store(model: CostModel, key: dict) -> Path | None:
@@ -208,70 +265,11 @@ def store(model: CostModel, key: dict) -> Path | None:
     return path
 
 
-@torch.inference_mode()
-def probe(decoder, update_rate: float = 0.05, prompt_len: int = 128, repeats: int = 5) -> CostModel:
-    """Time the target's verification forward for PROBE_SIZES (up to the decoder's total_tokens) and the head's
-    root forward and level forward, on a synthetic prompt. Each time is the fastest of ``repeats`` runs after a
-    warm-up (noise only ever adds time), and the verify curve is made non-decreasing (a dip is noise: a larger
-    tree never verifies faster). Leaves the target's cache reset."""
-    from dyndepth.drafters.eagle import grow_pool
-    from dyndepth.head import DraftKV
-    from dyndepth.policies.classic import FixedDepth
-    from dyndepth.tree import DraftTree
-
-    target, head = decoder.target, decoder.head
-    device = target.device
-    vocab = target.lm_head.weight.shape[0]
-    g = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, vocab, (prompt_len,), generator=g).to(device)
-    sizes = [n for n in PROBE_SIZES if n <= decoder.total_tokens]
-    if sizes[-1] != decoder.total_tokens:
-        sizes.append(decoder.total_tokens)
-
-    def timed(fn) -> float:
-        fn()  # warm-up
-        out = []
-        for _ in range(repeats):
-            t0 = _now(device)
-            fn()
-            out.append(_now(device) - t0)
-        return min(out)
-
-    began = time.perf_counter()
-    _, feats = target.prefill(prompt)
-    verify = []
-    for n in sizes:
-        tree = DraftTree(tokens=prompt[:n].tolist(), parents=[-1] + [0] * (n - 1), depths=[0] + [1] * (n - 1))
-        L = target.length
-        positions = tree.position_ids(L, device)[0]
-        visible = tree.visibility(L, device)
-
-        def verify_once():  # the tree's entries are never committed: the next forward overwrites them
-            target.forward(torch.tensor(tree.tokens, device=device), positions, visible)
-
-        verify.append(timed(verify_once))
-    base_s, level_s = 0.0, 0.0
-    if head is not None:
-        pair_tokens = torch.cat([prompt[1:], prompt[:1]])
-        features = feats
-
-        def draft(levels):
-            def run():
-                cache = DraftKV()
-                grow_pool(head, cache, pair_tokens[:8], features[:8], FixedDepth(max_depth=levels), decoder.top_k)
-            return run
-
-        t1 = timed(draft(1))
-        t3 = timed(draft(3))
-        level_s = max((t3 - t1) / 2, 1e-6)
-        base_s = max(t1 - level_s, 0.0)
-    target.reset()
-    verify = torch.cummax(torch.tensor(verify), 0).values.tolist()
-    meta = {"probe_s": round(time.perf_counter() - began, 2), "prompt_len": prompt_len, "repeats": repeats}
-    return CostModel(sizes, verify, base_s, level_s, update_rate=update_rate, meta=meta)
-
-
-def _now(device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+def forget(key: dict | None) -> None:
+    """Remove the cache entry of ``key`` (if any): the next decoder built for it measures again."""
+    if key is None:
+        return
+    try:
+        cache_path(key).unlink(missing_ok=True)
+    except OSError:
+        pass

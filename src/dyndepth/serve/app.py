@@ -6,8 +6,9 @@
 Every answer to a generation carries ``usage`` and, in the extra top-level field ``speculative``, the request's
 own statistics (steps, tau, mean depth, time split); with ``stream: true`` each chunk also carries ``step``,
 the step that committed its tokens, so a client can show what each step produced. Checks run in this order,
-each before any engine work: size limit and API key (``Guard``), JSON, schema (422), model name (404), values
-(400), prompt length against the context window (400), queue place (429).
+each before any engine work: size limit and API key (``Guard``), Content-Type (415), JSON, schema (422), model
+name (404), values (400; max_tokens also against the context window), prompt length against the context window
+(400), queue place (429).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dyndepth.options import settings_json
 from dyndepth.serve import errors
 from dyndepth.serve.errors import APIError
 from dyndepth.serve.metrics import CONTENT_TYPE, Metrics
@@ -101,7 +103,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
 
     def model_card() -> dict:
         return {"id": settings.model_name, "object": "model", "created": started, "owned_by": "dyndepth",
-                "max_model_len": prompts.max_context, "settings": engine.describe()}
+                "max_model_len": prompts.max_context, "settings": settings_json(engine.describe())}
 
     @app.get("/v1/models")
     async def models():
@@ -115,6 +117,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
 
     # -- generation ---------------------------------------------------------------------------------------------
     async def parse(request: Request, schema):
+        require_json(request.headers.get("content-type"))
         raw = await read_body(request, settings.max_body_bytes)
         try:
             doc = json.loads(raw, parse_constant=_no_constants)
@@ -128,17 +131,22 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
             raise errors.model_not_found(body.model, settings.model_name)
         return body
 
+    def checked_options(body) -> dict:
+        options = body.engine_options(settings.default_max_tokens)
+        prompts.budget(options["max_new_tokens"], body.max_new_tokens(settings.default_max_tokens)[1])
+        return options
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await parse(request, ChatCompletionRequest)
-        options = body.engine_options(settings.default_max_tokens)
+        options = checked_options(body)
         ids = await run_in_threadpool(prompts.chat, body.template_messages())
         return await generate(request, body, ids, options, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await parse(request, CompletionRequest)
-        options = body.engine_options(settings.default_max_tokens)
+        options = checked_options(body)
         ids = await run_in_threadpool(prompts.text, body.prompt_value())
         return await generate(request, body, ids, options, chat=False)
 
@@ -300,6 +308,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def require_json(content_type: str | None) -> None:
+    """415 unless the body is declared JSON. A page from any origin may POST text/plain or a form without a CORS
+    preflight; application/json needs one, which this server answers only for --cors-origin origins."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        shown = f"{content_type!r}" if content_type else "missing"
+        raise APIError(415, f"the request body must be JSON sent with 'Content-Type: application/json' (it is "
+                            f"{shown})", param="Content-Type", code="unsupported_media_type")
+
+
 def too_large(limit: int) -> APIError:
     return APIError(413, f"the request body is over the server's limit of {limit} bytes", code="body_too_large")
 
@@ -318,8 +336,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 class Guard:
-    """ASGI middleware before every route: counts answers by status, refuses a body declared over the size limit
-    (413) and, with an API key, any request without ``Authorization: Bearer KEY`` (401; constant-time compare)."""
+    """ASGI middleware before every route: counts answers by status (an unexpected exception as 500), refuses a
+    body declared over the size limit (413) and, with an API key, any request without ``Authorization: Bearer
+    KEY`` (401; constant-time compare)."""
 
     def __init__(self, app, metrics: Metrics, api_key: str | None, max_body_bytes: int):
         self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
@@ -330,8 +349,12 @@ class Guard:
             return await self.app(scope, receive, send)
         path = scope["path"]
 
+        started = False
+
         async def counted(message):
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 self.metrics.http(path, message["status"])
             await send(message)
 
@@ -349,7 +372,14 @@ class Guard:
         if refusal is not None:
             await refusal(scope, receive, counted)
             return
-        await self.app(scope, receive, counted)
+        try:
+            await self.app(scope, receive, counted)
+        except Exception:
+            # Starlette answers an unexpected exception with its 500 in the outermost middleware, outside this
+            # one: count that answer here (a stream that had begun was counted with its own status).
+            if not started:
+                self.metrics.http(path, 500)
+            raise
 
     def _authorised(self, header: bytes | None) -> bool:
         if not header:

@@ -47,7 +47,9 @@ def register(sub) -> None:
                    help="request size limit (default: 1 MiB)")
     g.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser pages from ORIGIN to call the API (repeatable; default: none)")
-    g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level: what the server logs, access lines included at info (default: "
+                        "%(default)s)")
     p.set_defaults(func=run)
 
 
@@ -64,9 +66,57 @@ def check_server_options(args) -> None:
     validate.integer("--max-body-bytes", args.max_body_bytes, lo=1024)
     if args.api_key is not None and not args.api_key.strip():
         raise DyndepthError("--api-key must not be empty")
+    if args.served_model_name is not None and not args.served_model_name.strip():
+        raise DyndepthError("--served-model-name must not be empty (clients send it as 'model')")
     for origin in args.cors_origin:
         if origin == "*":
             raise DyndepthError("--cors-origin '*' would let any web page use this server; name the origins")
+        check_origin(origin)
+
+
+def check_origin(origin: str) -> None:
+    """A browser's Origin header is scheme://host[:port] and nothing else; CORS compares it with ours exactly, so
+    anything else would never match (and is most likely a typo)."""
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(origin)
+        u.port  # noqa: B018 - reading it raises ValueError for a port that is not a number in 0..65535
+    except ValueError:
+        u = None
+    if u is None or not (u.scheme in ("http", "https") and u.hostname and not u.username and not u.password
+                         and u.path == "" and not u.query and not u.fragment and origin == origin.strip()):
+        raise DyndepthError(f"--cors-origin {origin!r} is not an origin: write scheme://host[:port] without a path, "
+                            f"e.g. http://localhost:3000")
+
+
+def bind(host: str, port: int) -> list:
+    """Bind the listening sockets now, before the model loads, so a busy port or a foreign address is one line
+    at once; uvicorn serves on these sockets (no window in which another process could take the port)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise DyndepthError(f"--host {host!r} cannot be resolved ({exc.strerror})") from None
+    sockets = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys((i[0], i[1], i[2], i[3], i[4]) for i in infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        import errno
+
+        why = "is already in use (another server?); pick another --port" if exc.errno == errno.EADDRINUSE else \
+            f"cannot be bound ({exc.strerror})"
+        raise DyndepthError(f"--host {host} --port {port}: the address {why}") from None
+    return sockets
 
 
 def run(args) -> int:
@@ -84,21 +134,30 @@ def run(args) -> int:
     if not _is_loopback(args.host) and not args.api_key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach this address can use "
               f"the model", file=sys.stderr)
-    from dyndepth.options import build_decoder
+    from dyndepth.options import build_decoder, check_decoder_options
 
-    dec = build_decoder(args)
-    engine = Engine(dec, max_queue=args.max_queue, max_batch_size=args.max_batch_size,
-                    prefill_chunk=args.prefill_chunk).start()
-    settings = Settings(model_name=args.served_model_name or args.model, api_key=args.api_key,
-                        request_timeout_s=args.request_timeout or None, max_body_bytes=args.max_body_bytes,
-                        default_max_tokens=args.default_max_tokens, cors_origins=tuple(args.cors_origin))
-    app = create_app(engine, settings)
-    print(f"dyndepth serve: {settings.model_name} ({dec.describe()}) on http://{_url_host(args.host)}:{args.port}",
-          file=sys.stderr)
+    check_decoder_options(args)
+    sockets = bind(args.host, args.port)
+    engine = None
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+        dec = build_decoder(args)
+        validate.max_new_tokens_fit(args.default_max_tokens, dec.target.max_context, option="--default-max-tokens")
+        engine = Engine(dec, max_queue=args.max_queue, max_batch_size=args.max_batch_size,
+                        prefill_chunk=args.prefill_chunk).start()
+        settings = Settings(model_name=args.served_model_name or args.model, api_key=args.api_key,
+                            request_timeout_s=args.request_timeout or None, max_body_bytes=args.max_body_bytes,
+                            default_max_tokens=args.default_max_tokens, cors_origins=tuple(args.cors_origin))
+        app = create_app(engine, settings)
+        print(f"dyndepth serve: {settings.model_name} ({dec.describe()}) on "
+              f"http://{_url_host(args.host)}:{args.port}", file=sys.stderr)
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                timeout_graceful_shutdown=5)
+        uvicorn.Server(config).run(sockets=sockets)
     finally:
-        engine.close()
+        if engine is not None:
+            engine.close()
+        for sock in sockets:
+            sock.close()
     return 0
 
 

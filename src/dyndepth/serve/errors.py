@@ -3,11 +3,13 @@
 Every error response is ``{"error": {"message", "type", "param", "code"}}`` with one line of message, never a
 traceback:
 
-    400 invalid_request_error   malformed JSON, a value out of range, n != 1, a prompt over the context window
+    400 invalid_request_error   malformed JSON, a value out of range, n != 1, a prompt over the context window,
+                                max_tokens over the context window, text that is not UTF-8 (a lone surrogate)
     401 authentication_error    a missing or wrong API key
     404 not_found_error         an unknown model (code model_not_found) or route
     405 invalid_request_error   a route called with the wrong method
     413 invalid_request_error   a body over the size limit
+    415 invalid_request_error   a POST body whose Content-Type is not application/json
     422 invalid_request_error   a body that does not fit the schema (missing field, wrong type)
     429 rate_limit_error        the queue is full (code queue_full)
     500 server_error            an unexpected failure inside one generation (logged with its traceback)
@@ -32,6 +34,8 @@ class APIError(Exception):
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
                  code: str | None = None):
+        # a lone surrogate a client sent (valid JSON) must not make the error body itself unencodable
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 

@@ -32,11 +32,13 @@ class PromptBuilder:
         if not getattr(self.tokenizer, "chat_template", None):
             raise APIError(400, "this model's tokenizer has no chat template; use /v1/completions with a prompt",
                            param="messages", code="no_chat_template")
-        if messages[-1]["role"] == "assistant":
-            raise APIError(400, "the last message must not be the assistant's (the model answers the conversation)",
-                           param="messages", code="invalid_value")
-        with self._lock:
-            out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        try:
+            with self._lock:
+                out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        except Exception as exc:  # noqa: BLE001 - the template refuses this conversation (e.g. a role order)
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise APIError(400, f"the model's chat template rejects these messages: {reason}", param="messages",
+                           code="invalid_value") from None
         if isinstance(out, dict) or hasattr(out, "input_ids"):
             out = out["input_ids"]
         return self.checked(list(out), "messages")
@@ -51,6 +53,13 @@ class PromptBuilder:
             except DyndepthError as exc:
                 raise from_dyndepth(exc) from None
         return self.checked(ids, "prompt")
+
+    def budget(self, max_new_tokens: int, param: str) -> int:
+        """Refuse a token budget above the context window, as OpenAI does (no answer of this model is longer)."""
+        try:
+            return validate.max_new_tokens_fit(max_new_tokens, self.max_context, option=param)
+        except DyndepthError as exc:
+            raise APIError(400, str(exc), param=param, code="context_length_exceeded") from None
 
     def checked(self, ids: list[int], param: str) -> list[int]:
         """Refuse a prompt that, with one draft tree, does not fit the context window (the engine's own check)."""

@@ -13,10 +13,11 @@ OpenAI's own server does with unknown fields from newer clients.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from dyndepth import validate
 from dyndepth.errors import DyndepthError
 from dyndepth.request import GenerationRequest
 from dyndepth.serve.errors import APIError, from_dyndepth
@@ -39,20 +40,30 @@ class TextPart(_Body):
 
 
 class ChatMessage(_Body):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: StrictStr  # checked by validate.chat_messages, the rule the Python API and the command line share
     content: StrictStr | list[TextPart] | None = None
 
-    def as_template_message(self) -> dict:
-        """The message as a chat template takes it ("developer" is OpenAI's newer name for "system")."""
+    def as_turn(self) -> dict:
+        """{"role", "content"} with the text parts joined."""
         content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
-        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+        return {"role": self.role, "content": content}
 
 
-# OpenAI fields dyndepth does not implement, with the value that means "not used".
+# OpenAI fields dyndepth does not implement, with the values that mean "not used" (compared with their type:
+# 0 is not false, true is not 1). tool_choice "none" and function_call "none" ask for no tool call, which is what
+# dyndepth does. Completions' logprobs is an integer there: 0 still asks for the chosen tokens' logprobs.
 UNSUPPORTED = {"logprobs": (None, False), "top_logprobs": (None, 0), "tools": (None, []), "tool_choice": (None, "none"),
                "functions": (None, []), "function_call": (None, "none"), "response_format": (None, {"type": "text"}),
                "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "logit_bias": (None, {}),
                "echo": (None, False), "suffix": (None, ""), "best_of": (None, 1)}
+COMPLETIONS_UNSUPPORTED = {**UNSUPPORTED, "logprobs": (None,)}
+
+
+def _neutral(value, neutrals) -> bool:
+    """``value`` is one of ``neutrals`` with the same kind of type (bool, number, string, list, dict)."""
+    def kind(x):
+        return "bool" if isinstance(x, bool) else "number" if isinstance(x, (int, float)) else type(x).__name__
+    return any(value is None if n is None else (kind(value) == kind(n) and value == n) for n in neutrals)
 
 
 class _Sampling(_Body):
@@ -77,11 +88,13 @@ class _Sampling(_Body):
         """The token budget and the field it came from."""
         return (default, "max_tokens") if self.max_tokens is None else (self.max_tokens, "max_tokens")
 
+    unsupported: ClassVar[dict] = UNSUPPORTED
+
     def engine_options(self, default_max_tokens: int) -> dict:
         """Check the values (400 naming the field) and return the keywords of ``SpeculativeDecoder.stream_text``."""
-        for name, neutral in UNSUPPORTED.items():
+        for name, neutral in self.unsupported.items():
             value = getattr(self, name, None)
-            if value not in neutral:
+            if not _neutral(value, neutral):
                 raise APIError(400, f"{name} is not supported by this server; leave it unset",
                                param=name, code="unsupported_parameter")
         if self.n is not None and self.n != 1:
@@ -122,7 +135,10 @@ class ChatCompletionRequest(_Sampling):
     def template_messages(self) -> list[dict]:
         if not self.messages:
             raise APIError(400, "messages must hold at least one message", param="messages", code="invalid_value")
-        return [m.as_template_message() for m in self.messages]
+        try:
+            return validate.chat_messages([m.as_turn() for m in self.messages])
+        except DyndepthError as exc:  # the message names the item; the field is messages
+            raise APIError(400, str(exc), param="messages", code="invalid_value") from None
 
 
 class CompletionRequest(_Sampling):
@@ -130,6 +146,7 @@ class CompletionRequest(_Sampling):
     echo: Any = None
     suffix: Any = None
     best_of: Any = None
+    unsupported: ClassVar[dict] = COMPLETIONS_UNSUPPORTED
 
     def prompt_value(self) -> str | list[int]:
         """One prompt: a string, or a list of token ids (a list of several strings is a batch, refused)."""
@@ -141,6 +158,11 @@ class CompletionRequest(_Sampling):
             p = p[0]
         if isinstance(p, str) and not p or isinstance(p, list) and not p:
             raise APIError(400, "prompt must not be empty", param="prompt", code="invalid_value")
+        if isinstance(p, str):
+            try:
+                validate.utf8_text("prompt", p)
+            except DyndepthError as exc:
+                raise from_dyndepth(exc) from None
         return p
 
 

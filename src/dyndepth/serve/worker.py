@@ -27,6 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from dyndepth.calibrate import provide_costs
 from dyndepth.engine.scheduler import Scheduler
 from dyndepth.engine.sequence import Sequence
 from dyndepth.errors import DyndepthError
@@ -210,6 +211,8 @@ class Engine:
                 admitted = []
                 while self._waiting and len(self._running) + len(admitted) < self.max_batch_size:
                     admitted.append(self._waiting.popleft())
+            if admitted and not self._running:  # idle: a cost model found stale is measured again now
+                provide_costs(self.decoder)
             for handle in admitted:
                 self._admit(handle)
             for seq, handle in list(self._running.items()):

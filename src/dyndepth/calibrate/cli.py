@@ -2,10 +2,11 @@
 
     dyndepth calibrate --model qwen2.5-coder-1.5b-instruct --threads 2 --plot costs.png
 
-It loads the target and head as ``generate`` would, runs the cost probe (costs.py: one verification forward per
-tree size up to ``--total-tokens``, and the head's root and level forwards), stores the result in the cache that
-``policy="auto"`` reads (so the next auto run starts without probing), prints the curve with the cost of each
-extra verified token, and writes a PNG. ``--json`` prints the measurement as one JSON object instead.
+It loads the target and head as ``generate`` would, runs the cost probe (curves.py: verification forwards per tree
+size up to ``--total-tokens``, and the head's root and level forwards, repeated and interleaved), stores the
+result in the cache that ``policy="auto"`` reads (so the next auto run starts without probing; a suspect
+measurement is not stored), prints the curve with the cost of each extra verified token, and writes a PNG.
+``--json`` prints the measurement as one JSON object instead.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def register(sub) -> None:
                    help="zoo name, local Hugging Face model directory or Hub id (default: %(default)s)")
     p.add_argument("--head", default=None,
                    help="draft head directory, 'random', or omit for the head shipped with a zoo model")
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+                   help="the dtype auto will decode with; the cache is per dtype (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--draft-top-k", type=int, default=None, dest="tree_top_k",
@@ -34,7 +36,7 @@ def register(sub) -> None:
     p.add_argument("--total-tokens", type=int, default=None,
                    help="the largest tree measured (default: auto's bound, 48 on CPU, 128 on CUDA)")
     p.add_argument("--repeats", type=int, default=5,
-                   help="timed repetitions per size after a warm-up; the fastest is kept (default 5)")
+                   help="timed rounds over all sizes after a warm-up; each size keeps its fastest (default 5)")
     p.add_argument("--plot", type=Path, default=Path("dyndepth-costs.png"),
                    help="the PNG to write (default: %(default)s)")
     p.add_argument("--no-plot", dest="plot", action="store_const", const=None, help="do not write a plot")
@@ -59,8 +61,9 @@ def run(args) -> int:
     _check(args)
     import torch
 
+    from dyndepth.calibrate.curves import probe
     from dyndepth.decoder import SpeculativeDecoder
-    from dyndepth.policies.costs import cache_path, cost_key, probe, store
+    from dyndepth.policies.costs import cache_path, cost_key, store
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -78,7 +81,8 @@ def run(args) -> int:
     key = cost_key(decoder)
     model.meta["key"] = key
     where = None
-    if not args.no_cache:
+    suspect = model.meta.get("suspect")
+    if not args.no_cache and not suspect:
         where = store(model, key)
     plot = write_plot(args.plot, model, f"{args.model} ({args.dtype}, {args.device}, "
                                          f"{torch.get_num_threads()} threads)") if args.plot else None
@@ -89,6 +93,8 @@ def run(args) -> int:
     print(format_curve(model))
     if where:
         print(f"cached for --policy auto: {where}")
+    elif suspect and not args.no_cache:
+        print(f"not cached: the timings stayed suspect ({suspect}); run it again on a quieter machine")
     elif not args.no_cache:
         print(f"(could not write the cache {cache_path(key)})")
     if plot:
