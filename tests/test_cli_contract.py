@@ -283,3 +283,47 @@ def test_a_reader_that_leaves_gets_no_traceback(tiny_chat_model):
     err = proc.stderr.read().decode(errors="replace")
     assert proc.wait(300) == 141, err
     assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
+
+
+# -- many prompts: --prompt-file F.jsonl --batch-size B --------------------------------------------------------
+def test_a_jsonl_prompt_file_gives_one_json_line_per_prompt_in_order(capsys, tmp_path, tiny_chat_model):
+    """Each line's answer equals the same prompt generated alone (greedy, float32), with its own options."""
+    lines = [{"prompt": "Tell me a story."}, {"messages": [{"role": "user", "content": "Hi!"}], "max_new_tokens": 3},
+             {"prompt": "Name a colour.", "seed": 4}, {"prompt": "Count to three.", "stop": "\n"}]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n", encoding="utf-8")
+    common = GEN + ["--model", str(tiny_chat_model), "--head", "random", "--temperature", "0", "--chat"]
+    code, out, err = run_cli(capsys, common + ["--prompt-file", str(path), "--batch-size", "2"])
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2, 3] and all(r["error"] is None for r in rows)
+    assert len(rows[1]["token_ids"]) <= 3 and len(rows[0]["token_ids"]) <= 6
+    for row, line in zip(rows, lines):
+        src = ["--messages", str(tmp_path / "m.json")] if "messages" in line else ["--prompt", line["prompt"]]
+        if "messages" in line:
+            (tmp_path / "m.json").write_text(json.dumps(line["messages"]))
+        extra = ["--max-new-tokens", str(line["max_new_tokens"])] if "max_new_tokens" in line else []
+        extra += ["--stop", line["stop"]] if "stop" in line else []
+        code, out, err = run_cli(capsys, common + src + extra + ["--json"])
+        assert code == 0, err
+        assert json.loads(out)["token_ids"] == row["token_ids"]
+
+
+@pytest.mark.parametrize("content,needles", [
+    ('{"prompt": "hi"}\n{"prompt": ', ["line 2", "not valid JSON"]),
+    ('{"prompt": "hi", "messages": []}\n', ["line 1", "exactly one of"]),
+    ('{"prompt": "hi", "colour": 1}\n', ["line 1", "unknown field(s) colour"]),
+    ('{"prompt": ""}\n', ["line 1", "non-empty string"]),
+    ('{"messages": [{"role": "robot", "content": "x"}]}\n', ["line 1", "robot"]),
+    ("\n\n", ["holds no prompts"]),
+])
+def test_a_bad_jsonl_line_is_one_error_naming_it(capsys, tmp_path, content, needles):
+    path = tmp_path / "p.jsonl"
+    path.write_text(content, encoding="utf-8")
+    code, _, err = run_cli(capsys, GEN + ["--model", "/no/such/model", "--prompt-file", str(path)])
+    assert_one_line_error(code, err, *needles)
+
+
+def test_batch_size_needs_a_jsonl_prompt_file(capsys):
+    code, _, err = run_cli(capsys, GEN + ["--model", "/no/such/model", "--prompt", "hi", "--batch-size", "4"])
+    assert_one_line_error(code, err, "--batch-size needs a JSON Lines --prompt-file")
