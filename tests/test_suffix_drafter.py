@@ -20,7 +20,7 @@ def nodes(p: SuffixProposal) -> dict[tuple[int, ...], float]:
 
 def test_a_repeat_is_proposed_as_a_chain():
     # context ... 5 6 7 8 9 | 5 6 7: the earlier occurrence of "5 6 7" continues with 8 9
-    d = SuffixDrafter([1, 5, 6, 7, 8, 9, 2, 5, 6, 7])
+    d = SuffixDrafter([1, 5, 6, 7, 8, 9, 2, 5, 6, 7], spec_factor=1.0)
     p = d.propose()
     assert p.tokens[:2] == [8, 9] and p.parents[:2] == [-1, 0] and p.depths[:2] == [1, 2]
     assert p.match_len == 3 and p.occurrences == 1 and p.values[0] == 0.0
@@ -40,7 +40,7 @@ def test_the_longest_match_wins_over_a_more_frequent_shorter_one():
     # "a b c" is followed by Q twice and P once, but the context's longer suffix "x a b c" was followed by P
     a, b, c, P, Q, x, y, z = 10, 11, 12, 13, 14, 15, 16, 17
     ctx = [x, a, b, c, P, 1, 2, 3, y, a, b, c, Q, 4, z, a, b, c, Q, 5, x, a, b, c]
-    p = SuffixDrafter(ctx).propose()
+    p = SuffixDrafter(ctx, spec_factor=1.0).propose()
     assert p.match_len == 4 and p.occurrences == 1
     assert p.tokens[0] == P and p.probs[0] == 1.0
     # with a factor of 0.5, the 4-token match may propose 2 levels only (score <= 2), while "a b c" ...
@@ -53,7 +53,7 @@ def test_the_longest_match_wins_over_a_more_frequent_shorter_one():
 def test_counts_give_the_probabilities():
     a, b, c, d = 10, 11, 12, 13
     ctx = [a, b, c, 1, a, b, c, 2, a, b, c, 3, a, b, d, 4, a, b]
-    p = SuffixDrafter(ctx, min_prob=0.0).propose()
+    p = SuffixDrafter(ctx, min_prob=0.0, spec_factor=1.0).propose()
     assert p.match_len == 2 and p.occurrences == 4
     got = nodes(p)
     assert got[(c,)] == pytest.approx(0.75) and got[(d,)] == pytest.approx(0.25)
@@ -71,9 +71,9 @@ def test_counts_give_the_probabilities():
 def test_min_prob_prunes():
     a, b, c, d = 10, 11, 12, 13
     ctx = [a, b, c, 1, a, b, c, 2, a, b, c, 3, a, b, d, 4, a, b]
-    got = nodes(SuffixDrafter(ctx, min_prob=0.3).propose())
+    got = nodes(SuffixDrafter(ctx, min_prob=0.3, spec_factor=1.0).propose())
     assert set(got) == {(c,)}  # d (0.25) and every depth-2 node (0.25) fall below 0.3
-    got = nodes(SuffixDrafter(ctx, min_prob=0.25).propose())
+    got = nodes(SuffixDrafter(ctx, min_prob=0.25, spec_factor=1.0).propose())
     assert len(got) == 6  # 0.25 itself is kept
 
 
@@ -81,7 +81,7 @@ def test_a_continuation_that_runs_out_still_counts():
     # "7" occurs twice before the root: once followed by 8, once at the end of a cached output (nothing after)
     cache = SuffixCache(4)
     cache.add([3, 7])
-    p = SuffixDrafter([7, 8, 1, 7], cache=cache, min_prob=0.0).propose()
+    p = SuffixDrafter([7, 8, 1, 7], cache=cache, min_prob=0.0, spec_factor=1.0).propose()
     assert p.occurrences == 2 and nodes(p) == {(8,): pytest.approx(0.5)}
 
 
@@ -90,7 +90,7 @@ def test_depth_caps():
     ctx = seq + [1] + seq[:20]  # a 20-token match, then 20 more tokens of the earlier copy
     p = SuffixDrafter(ctx).propose()
     assert p.match_len == 20 and max(p.depths) == 16  # max_nodes 16, one chain
-    p = SuffixDrafter(ctx, max_nodes=64).propose()
+    p = SuffixDrafter(ctx, max_nodes=64, spec_factor=1.0).propose()
     assert max(p.depths) == 20 and p.tokens == seq[20:40]  # spec_factor 1: 20 levels for a 20-token match
     p = SuffixDrafter(ctx, max_nodes=64, max_depth=5).propose()
     assert p.tokens == seq[20:25]
@@ -100,26 +100,27 @@ def test_depth_caps():
     short = seq[:20] + [1] + seq[:20]  # the earlier copy's continuation ends at the context's end
     p = SuffixDrafter(short, max_nodes=64, spec_factor=2.0).propose()
     assert p.tokens == [1] + seq[:20] and p.depths == list(range(1, 22))
-    p = SuffixDrafter(ctx, max_nodes=64, max_match=8).propose()
+    p = SuffixDrafter(ctx, max_nodes=64, max_match=8, spec_factor=1.0).propose()
     assert p.match_len == 8 and len(p) == 8  # longer matches count as 8 long
 
 
 def test_min_match():
     ctx = [5, 6, 1, 2, 6]  # the root 6 matched only by one token
-    assert SuffixDrafter(ctx).propose().tokens == [1]
+    assert SuffixDrafter(ctx, spec_factor=1.0).propose().tokens == [1]
+    assert SuffixDrafter(ctx).propose().tokens == [1, 2]  # spec_factor 2: two levels
     assert len(SuffixDrafter(ctx, min_match=2).propose()) == 0
 
 
 def test_max_occurrences_keeps_the_most_recent():
     ctx = [7, 1] * 3 + [7, 2] * 2 + [7]
-    assert nodes(SuffixDrafter(ctx, max_match=1, min_prob=0.0).propose()) == {(1,): 0.6, (2,): 0.4}
-    assert nodes(SuffixDrafter(ctx, max_match=1, max_occurrences=2).propose()) == {(2,): 1.0}
+    assert nodes(SuffixDrafter(ctx, max_match=1, min_prob=0.0, spec_factor=1.0).propose()) == {(1,): 0.6, (2,): 0.4}
+    assert nodes(SuffixDrafter(ctx, max_match=1, max_occurrences=2, spec_factor=1.0).propose()) == {(2,): 1.0}
 
 
 def test_truncated_is_a_connected_prefix():
     a, b, c, d = 10, 11, 12, 13
     ctx = [a, b, c, 1, a, b, c, 2, a, b, c, 3, a, b, d, 4, a, b]
-    p = SuffixDrafter(ctx, min_prob=0.0).propose()
+    p = SuffixDrafter(ctx, min_prob=0.0, spec_factor=1.0).propose()
     t = p.truncated(3)
     assert t.tokens == p.tokens[:3] and all(par < 3 for par in t.parents)
     assert t.score == pytest.approx(sum(p.probs[:3]))
@@ -133,7 +134,7 @@ def test_the_cache_is_searched_fifo_and_bounded():
     first.finish()
     first.finish()  # once only
     assert cache.sequences() == [[50, 51, 52, 53, 54]]  # the output, not the prompt
-    d = SuffixDrafter([9, 50, 51], cache=cache)
+    d = SuffixDrafter([9, 50, 51], cache=cache, spec_factor=1.0)
     p = d.propose()
     assert p.tokens == [52, 53] and p.match_len == 2  # found in the cache
     assert SuffixDrafter([9, 50, 51]).propose().tokens == []  # without it, nothing
@@ -151,7 +152,7 @@ def test_cache_counts_pool_with_the_context_and_survive_compaction():
         cache.add([100 + i, 5, 6, 200 + i])
     assert len(cache) == 3 and cache.tokens == 12
     assert len(cache._text.tokens) <= 2 * 3 * 5 + 5  # evicted outputs are dropped, not kept forever
-    d = SuffixDrafter([5, 6, 7, 1, 5, 6], cache=cache, min_prob=0.0)
+    d = SuffixDrafter([5, 6, 7, 1, 5, 6], cache=cache, min_prob=0.0, spec_factor=1.0)
     got = nodes(d.propose())
     # one occurrence in the context, three in the cache (whose continuations end after one token)
     assert got == {(7,): pytest.approx(0.25), (247,): pytest.approx(0.25), (248,): pytest.approx(0.25),

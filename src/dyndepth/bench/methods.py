@@ -105,9 +105,10 @@ def _checks(text: str) -> tuple[int, ...]:
 
 
 PARSERS: dict[str, Callable[[str], Any]] = {
-    "policy": str, "assistant": str, "prompt_lookup_num_tokens": int, "top_k": int, "max_depth": int, "total_tokens": _int_or_none,
+    "policy": str, "assistant": str, "top_k": int, "max_depth": int, "total_tokens": _int_or_none,
     "threshold": float, "checks": _checks, "min_depth": int, "lookahead": int, "prior_strength": float,
     "update_rate": float, "cost_update_rate": float, "objective": str, "static_cache": _bool, "compile": _bool, "max_len": _int_or_none,
+    "prompt_lookup_num_tokens": int,
 }
 
 
