@@ -1,4 +1,4 @@
-"""transformers' own ``generate`` as benchmark methods: ``vanilla`` and ``assisted``.
+"""transformers' own ``generate`` as benchmark methods: ``vanilla``, ``assisted`` and ``prompt-lookup``.
 
 Both run on the very model object the tree methods use (same weights, dtype and attention implementation).
 Sampling settings are passed explicitly, so no default of the model's generation config (e.g. a top-k of 50)
@@ -42,17 +42,20 @@ class ForwardTimer:
 
 
 class HFGenerate(BenchMethod):
-    """transformers ``model.generate``; with an assistant model, assisted generation."""
+    """transformers ``model.generate``; with an assistant model, assisted generation; with
+    ``prompt_lookup`` = n, prompt lookup decoding (n candidate tokens copied from the context per step)."""
 
     family = "hf"
 
-    def __init__(self, name: str, target, assistant=None, assistant_name: str | None = None):
+    def __init__(self, name: str, target, assistant=None, assistant_name: str | None = None,
+                 prompt_lookup: int | None = None):
         self.name = name
         self.target = target
         self.model = target.model
         self.device = target.device
         self.assistant = assistant
         self.assistant_name = assistant_name
+        self.prompt_lookup = prompt_lookup
         self.stop_ids = target.stop_token_ids()
         tok = target.tokenizer
         pad = getattr(tok, "pad_token_id", None) if tok is not None else None
@@ -72,6 +75,11 @@ class HFGenerate(BenchMethod):
                 value = getattr(cfg, key, None)
                 d[key] = value if value is not None else defaults.get(key)
             d["confidence_threshold_adaptation"] = importlib.util.find_spec("sklearn") is not None
+        if self.prompt_lookup is not None:
+            from transformers import GenerationConfig
+
+            d["prompt_lookup_num_tokens"] = self.prompt_lookup
+            d["max_matching_ngram_size"] = GenerationConfig().max_matching_ngram_size or 2  # None: transformers' 2
         return d
 
     def generate(self, ids: list[int], params: GenParams, seed: int) -> TurnResult:
@@ -87,6 +95,8 @@ class HFGenerate(BenchMethod):
             torch.manual_seed(seed)
         if self.assistant is not None:
             kwargs["assistant_model"] = self.assistant
+        if self.prompt_lookup is not None:
+            kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup
         target_timer = ForwardTimer(self.model, self.device)
         draft_timer = ForwardTimer(self.assistant, self.device) if self.assistant is not None else None
         try:
@@ -100,11 +110,11 @@ class HFGenerate(BenchMethod):
                 draft_timer.close()
         new = trim_at_stop(out[0, len(ids):].tolist(), self.stop_ids, params.max_new_tokens)
         calls = target_timer.durations
-        if self.assistant is None:  # the first call is the prefill; each later call decodes one token
+        if self.assistant is None and self.prompt_lookup is None:  # the prefill, then one token per call
             steps = max(0, len(new) - 1)
             return TurnResult(new, wall, steps, accept_lengths=[1] * steps,
                               prefill_time=calls[0] if calls else 0.0, verify_time=sum(calls[1:]))
-        # assisted: the prefill is merged into the first verification; every target call is a step
+        # assisted / prompt lookup: the prefill is merged into the first verification; every target call is a step
         return TurnResult(new, wall, len(calls), verify_time=sum(calls),
                           draft_time=sum(draft_timer.durations) if draft_timer else 0.0)
 
@@ -143,6 +153,10 @@ class HFGenerate(BenchMethod):
 
 def vanilla_factory(ctx, name: str, settings: dict) -> HFGenerate:
     return HFGenerate(name, ctx.target())
+
+
+def prompt_lookup_factory(ctx, name: str, settings: dict) -> HFGenerate:
+    return HFGenerate(name, ctx.target(), prompt_lookup=int(settings.get("prompt_lookup_num_tokens") or 10))
 
 
 def assisted_factory(ctx, name: str, settings: dict) -> HFGenerate:

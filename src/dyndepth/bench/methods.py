@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from dyndepth.bench.hf_methods import DEFAULT_ASSISTANT, assisted_factory, vanilla_factory
+from dyndepth.bench.hf_methods import DEFAULT_ASSISTANT, assisted_factory, prompt_lookup_factory, vanilla_factory
 from dyndepth.bench.tree_methods import tree_factory
 from dyndepth.errors import DyndepthError
 
@@ -52,6 +52,10 @@ register_method(MethodSpec("vanilla", "transformers generate on the same model o
 register_method(MethodSpec("assisted", f"transformers assisted generation with {DEFAULT_ASSISTANT} as the "
                            "assistant model and transformers' default schedule (Qwen targets only)",
                            assisted_factory, {"assistant": DEFAULT_ASSISTANT}))
+register_method(MethodSpec("prompt-lookup", "transformers prompt lookup decoding on the same model object: each "
+                           "step proposes the tokens that followed the first (leftmost) earlier occurrence of the "
+                           "context's last 2 tokens, else of its last token (no draft model, no head)",
+                           prompt_lookup_factory, {"prompt_lookup_num_tokens": 10}))
 register_method(MethodSpec("plain", "dyndepth's own loop without a draft (policy plain): the same code path "
                            "as the tree methods, one token per step", tree_factory, {"policy": "plain"}))
 register_method(MethodSpec("eagle2", "EAGLE-2 fixed-depth tree with the paper's GPU defaults",
@@ -104,6 +108,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "policy": str, "assistant": str, "top_k": int, "max_depth": int, "total_tokens": _int_or_none,
     "threshold": float, "checks": _checks, "min_depth": int, "lookahead": int, "prior_strength": float,
     "update_rate": float, "cost_update_rate": float, "objective": str, "static_cache": _bool, "compile": _bool, "max_len": _int_or_none,
+    "prompt_lookup_num_tokens": int,
 }
 
 
