@@ -31,6 +31,8 @@ import torch
 
 from dyndepth import validate
 from dyndepth.calibrate import provide_costs
+from dyndepth.drafters.stage import DEFAULT_DRAFTER, DraftStage
+from dyndepth.drafters.suffix import SuffixOptions
 from dyndepth.engine.scheduler import DEFAULT_MAX_BATCH, Scheduler
 from dyndepth.engine.sequence import Sequence
 from dyndepth.errors import DyndepthError
@@ -65,20 +67,30 @@ PER_PROMPT = ("max_new_tokens", "seed", "stop")  # options a batch call may give
 class SpeculativeDecoder:
     def __init__(self, target: Target, head: DraftHead | None, policy: DepthPolicy | str = "ddd",
                  top_k: int | None = None, total_tokens: int | None = None, max_depth: int | None = None,
-                 checks=None, threshold: float | None = None, **policy_options):
-        """policy_options: the auto policy's knobs (min_depth, lookahead, prior_strength, update_rate,
-        cost_update_rate, objective)."""
+                 checks=None, threshold: float | None = None, *, drafter: str | None = None,
+                 suffix_cache: int | None = None, suffix_options: SuffixOptions | None = None, **policy_options):
+        """drafter: where draft nodes come from (drafters/stage.py): "head" (the EAGLE head, the default), "suffix"
+        (suffix matches over the prompt and the output: no head, any causal LM), "hybrid" (both in one tree) or
+        "switch" (either/or per step, the baseline). suffix_cache: earlier outputs the suffix matches search (0:
+        none). suffix_options: the suffix proposal's knobs (drafters/suffix.py). policy_options: the auto policy's
+        knobs (min_depth, lookahead, prior_strength, update_rate, cost_update_rate, objective)."""
         self.target = target
         if isinstance(policy, DepthPolicy):
-            tree = validate.tree_options("fixed" if policy.max_depth else "plain", top_k, total_tokens)
+            tree = validate.tree_options("fixed" if policy.max_depth else "plain", top_k, total_tokens,
+                                         drafter=drafter, suffix_cache=suffix_cache)
             self.policy = policy
         else:
-            tree = validate.tree_options(policy, top_k, total_tokens, max_depth, checks, threshold, **policy_options)
+            tree = validate.tree_options(policy, top_k, total_tokens, max_depth, checks, threshold, drafter,
+                                         suffix_cache, **policy_options)
             knobs = {k: tree[k] for k in ("max_depth", "checks", "threshold", *AUTO_OPTIONS) if k in tree}
             self.policy = make_policy(policy, **knobs)
-        if self.policy.max_depth > 0 and head is None:
-            raise DyndepthError(f"the {self.policy.name!r} policy needs a draft head")
+        kind = tree.get("drafter", DEFAULT_DRAFTER) if self.policy.max_depth > 0 else "head"
+        validate.drafter_head(kind, head)
+        if self.policy.max_depth > 0 and head is None and kind != "suffix":
+            raise DyndepthError(f"the {self.policy.name!r} policy with the {kind!r} drafter needs a draft head "
+                                f"(drafter 'suffix' drafts without one)")
         self.head = head
+        self.drafting = DraftStage(kind, self.policy, suffix_options, tree.get("suffix_cache", 0))
         if head is not None:
             head.bind(target.embed, target.lm_head.weight)
         device_kind = "cuda" if target.device.type == "cuda" else "cpu"
@@ -86,7 +98,7 @@ class SpeculativeDecoder:
         self.total_tokens = int(tree.get("total_tokens") or defaults[device_kind])
         self.top_k = int(tree.get("top_k") or DEFAULT_TOP_K)
         if self.policy.max_depth > 0:
-            if self.top_k > head.draft_vocab_size:
+            if head is not None and self.top_k > head.draft_vocab_size:
                 raise OptionError("draft top_k", self.top_k, f"must be <= the draft vocabulary ({head.draft_vocab_size})")
             if self.total_tokens >= target.max_context:
                 raise OptionError("total_tokens", self.total_tokens,
@@ -104,19 +116,23 @@ class SpeculativeDecoder:
                         max_len: int | None = None, compile: bool = False, **tree_and_policy_kwargs):
         """target: a zoo name, a local HF model directory or a Hub id. head: an EAGLE-format directory,
         "random" (a randomly initialised head, for tests and timing), or None for the head shipped with a
-        zoo model. static_cache, max_len, compile: the target's engine (see ``Target``). tree_and_policy_kwargs:
-        top_k, total_tokens, max_depth, checks, threshold."""
+        zoo model; with ``drafter="suffix"`` no head is loaded (any causal LM works). static_cache, max_len, compile:
+        the target's engine (see ``Target``). tree_and_policy_kwargs: top_k, total_tokens, max_depth, checks,
+        threshold, drafter, suffix_cache, suffix_options and the auto policy's knobs."""
         drafts = policy.max_depth > 0 if isinstance(policy, DepthPolicy) else policy != "plain"
         if not drafts and head is not None:
             raise OptionError("head", head, "does not apply to the 'plain' policy (it drafts nothing)")
         if not isinstance(policy, DepthPolicy):
-            validate.tree_options(policy, **tree_and_policy_kwargs)  # every model-free check before loading
+            knobs = {k: v for k, v in tree_and_policy_kwargs.items() if k != "suffix_options"}
+            validate.tree_options(policy, **knobs)  # every model-free check before loading
+        drafter = tree_and_policy_kwargs.get("drafter")
+        validate.drafter_head(drafter, head)
         validate.device(device)
         parse_dtype(dtype)
         tgt = Target.from_pretrained(target, dtype=dtype, device=device, static_cache=static_cache, max_len=max_len,
                                      compile=compile)
         draft = None
-        if drafts:
+        if drafts and (drafter or DEFAULT_DRAFTER) != "suffix":
             draft = load_head(head, str(target), tgt, seed=seed)
         return cls(tgt, draft, policy=policy, **tree_and_policy_kwargs)
 
@@ -128,6 +144,8 @@ class SpeculativeDecoder:
         d = {"top_k": self.top_k, "total_tokens": self.total_tokens, "dtype": str(self.target.dtype),
              "device": str(self.target.device)}
         d.update(self.policy.describe())
+        if self.policy.max_depth > 0:
+            d.update(self.drafting.describe())
         return d
 
     def chat_ids(self, prompt: str | list[dict]) -> list[int]:

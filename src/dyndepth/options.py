@@ -22,6 +22,10 @@ def add_decoder_options(p: argparse.ArgumentParser, default_policy: str = "ddd")
     g.add_argument("--policy", default=default_policy, choices=["ddd", "fixed", "auto", "plain"],
                    help="depth policy: ddd (dynamic depth), fixed (EAGLE-2), auto (cost-aware: depth and tree size "
                         "per step from measured costs), plain (no draft) (default: %(default)s)")
+    g.add_argument("--drafter", default=None, choices=["head", "suffix", "hybrid", "switch"],
+                   help="where draft tokens come from: head (the EAGLE draft head), suffix (matches in the prompt and "
+                        "the output so far: no head needed, works for any model), hybrid (both in one tree), switch "
+                        "(either/or per step, a baseline) (default: head)")
     g.add_argument("--draft-top-k", type=int, default=None, dest="tree_top_k",
                    help="beam width: children kept per node and nodes kept per depth, 1..64 (default: 10)")
     g.add_argument("--total-tokens", type=int, default=None,
@@ -94,6 +98,10 @@ def decoder_kwargs(args) -> dict:
         kw["checks"] = args.checks  # a comma-separated string; validate.checks_list parses it
     if args.threshold is not None:
         kw["threshold"] = args.threshold
+    if args.drafter is not None:
+        kw["drafter"] = args.drafter
+    if getattr(args, "suffix_cache", None) is not None:  # dyndepth serve
+        kw["suffix_cache"] = args.suffix_cache
     return kw
 
 
@@ -115,6 +123,7 @@ def check_decoder_options(args, policy: str | None = None) -> None:
     validate.tree_options(policy, **decoder_kwargs(args))
     if policy == "plain" and args.head is not None:
         raise validate.OptionError("head", args.head, "does not apply to the 'plain' policy (it drafts nothing)")
+    validate.drafter_head(args.drafter, args.head)
     validate.device(args.device)
     validate.threads(args.threads)
 

@@ -18,15 +18,19 @@ class StepStats:
     predicted_accepted: float | None = None  # the policy's E[accepted] for this tree (auto), else None
     batch_rows: int = 1  # rows (sequences) in this step's target forward
     batch_tokens: int = 0  # tokens in this step's target forward, all rows (draft_time_s / verify_time_s are its)
+    tree_depth: int = 0  # depth of the verified tree's deepest node (a suffix match may run deeper than the head)
+    accepted_suffix: int = 0  # accepted nodes a suffix match proposed (alone or merged with a head node)
     # The verified tree's draft nodes (root excluded), for policies that learn from them: path log-values,
-    # parents (tree indices, 0 = the root), depths, and whether each was accepted (on the accepted path).
-    # Not written by to_dict.
+    # parents (tree indices, 0 = the root), depths, whether each was accepted (on the accepted path), and each
+    # node's source bits (dyndepth.tree.HEAD / SUFFIX; empty: every node is the head's). Not written by to_dict.
     node_values: list[float] = field(default_factory=list, repr=False)
     node_parents: list[int] = field(default_factory=list, repr=False)
     node_depths: list[int] = field(default_factory=list, repr=False)
     node_accepted: list[bool] = field(default_factory=list, repr=False)
+    node_sources: list[int] = field(default_factory=list, repr=False)
 
-    NODE_FIELDS: ClassVar[tuple[str, ...]] = ("node_values", "node_parents", "node_depths", "node_accepted")
+    NODE_FIELDS: ClassVar[tuple[str, ...]] = ("node_values", "node_parents", "node_depths", "node_accepted",
+                                              "node_sources")
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in self.NODE_FIELDS}

@@ -20,13 +20,14 @@ from dyndepth.errors import DyndepthError
 DRAFT_TOP_K_MAX = 64  # beam width: every level drafts top_k^2 candidates; EAGLE-2 uses 8-10
 TOTAL_TOKENS_MAX = 1024  # tokens verified per step; EAGLE-2 uses 60 on GPUs, 12-24 pay off on CPUs
 MAX_DEPTH_MAX = 64  # draft levels per step; DDD's default is 11
+SUFFIX_CACHE_MAX = 65536  # earlier outputs the suffix drafter searches: ~16M tokens at 256 each, ~2 GB of index
 TEMPERATURE_MIN = 1e-4  # below this (but above 0) logits / T overflows float32; use 0 for greedy
 TEMPERATURE_MAX = 100.0  # above this the processed distribution is uniform to float32 precision
 STOP_STRINGS_MAX = 16
 SEED_MAX = 2**63 - 1
 
 # What each call takes, for the error that names a keyword given to the wrong one.
-TREE_OPTIONS = ("policy", "top_k", "total_tokens", "max_depth", "checks", "threshold")
+TREE_OPTIONS = ("policy", "top_k", "total_tokens", "max_depth", "checks", "threshold", "drafter", "suffix_cache")
 ENGINE_OPTIONS = ("dtype", "device", "static_cache", "max_len", "compile")  # from_pretrained only
 GENERATION_OPTIONS = ("max_new_tokens", "temperature", "top_p", "seed", "stop", "stop_token_ids", "min_new_tokens",
                       "ignore_eos")  # top_k is both: the decoder's is the draft beam width
@@ -36,7 +37,8 @@ CLI_FLAGS = {
     "top_p": "--top-p", "top_k": "--top-k", "seed": "--seed", "stop": "--stop", "stop_token_ids": "--stop-token-id",
     "draft top_k": "--draft-top-k", "total_tokens": "--total-tokens", "max_depth": "--max-depth",
     "checks": "--checks", "threshold": "--threshold", "device": "--device", "threads": "--threads",
-    "dtype": "--dtype", "policy": "--policy", "prompt": "--prompt", "head": "--head",
+    "dtype": "--dtype", "policy": "--policy", "prompt": "--prompt", "head": "--head", "drafter": "--drafter",
+    "suffix_cache": "--suffix-cache",
 }
 
 
@@ -287,13 +289,13 @@ def finite_json(obj):
     return obj
 
 
-def tree_options(policy, top_k=None, total_tokens=None, max_depth=None, checks=None, threshold=None,
-                 **policy_options) -> dict:
-    """Check the draft tree and depth-policy knobs against the policy they are for, before any model loads.
+def tree_options(policy, top_k=None, total_tokens=None, max_depth=None, checks=None, threshold=None, drafter=None,
+                 suffix_cache=None, **policy_options) -> dict:
+    """Check the draft tree, drafter and depth-policy knobs against the policy they are for, before any model loads.
 
     Returns the knobs that were set, normalised (checks as a sorted tuple). Knobs that do not apply to the
-    policy are refused, not ignored. With ``max_depth`` but no ``checks``, DDD keeps its default check depths
-    that lie below ``max_depth``."""
+    policy (or drafter) are refused, not ignored. With ``max_depth`` but no ``checks``, DDD keeps its default check
+    depths that lie below ``max_depth``."""
     from dyndepth.policies import AUTO_OPTIONS, POLICIES, DynamicDepth
 
     if not isinstance(policy, str) or policy not in POLICIES:
@@ -308,13 +310,13 @@ def tree_options(policy, top_k=None, total_tokens=None, max_depth=None, checks=N
                                                       f"engine: {', '.join(ENGINE_OPTIONS)}; auto policy: "
                                                       f"{', '.join(AUTO_OPTIONS)})")
     given = {"draft top_k": top_k, "total_tokens": total_tokens, "max_depth": max_depth, "checks": checks,
-             "threshold": threshold, **policy_options}
+             "threshold": threshold, "drafter": drafter, "suffix_cache": suffix_cache, **policy_options}
     if policy == "plain":
         for name, value in given.items():
             if value is not None:
                 raise OptionError(name, value, "does not apply to the 'plain' policy (it drafts nothing)")
         return {}
-    out: dict = {}
+    out: dict = drafter_options(drafter, suffix_cache)
     if top_k is not None:
         out["top_k"] = integer("draft top_k", top_k, lo=1, hi=DRAFT_TOP_K_MAX)
     if total_tokens is not None:
@@ -354,6 +356,33 @@ def tree_options(policy, top_k=None, total_tokens=None, max_depth=None, checks=N
                                                   f"it too (e.g. checks 2,3) or use the 'fixed' policy")
         out["checks"] = c
     return out
+
+
+def drafter_options(drafter=None, suffix_cache=None) -> dict:
+    """The drafter (head, suffix, hybrid, switch) and the size of its cache of earlier outputs; unset ones are left
+    out. A cache needs a drafter that matches suffixes."""
+    from dyndepth.drafters.stage import DEFAULT_DRAFTER, DRAFTERS
+
+    out: dict = {}
+    if drafter is not None:
+        if drafter not in DRAFTERS:
+            raise OptionError("drafter", drafter, f"must be one of: {', '.join(DRAFTERS)}")
+        out["drafter"] = drafter
+    if suffix_cache is not None:
+        n = integer("suffix_cache", suffix_cache, lo=0, hi=SUFFIX_CACHE_MAX)
+        kind = drafter or DEFAULT_DRAFTER
+        if n and kind == "head":
+            raise OptionError("suffix_cache", n, "applies to the suffix, hybrid and switch drafters, not the "
+                                                 "'head' drafter")
+        out["suffix_cache"] = n
+    return out
+
+
+def drafter_head(drafter, head) -> None:
+    """A head given to a drafter that uses none is refused, not ignored."""
+    if drafter == "suffix" and head is not None:
+        raise OptionError("head", head if isinstance(head, str) else "a draft head",
+                          "does not apply to the 'suffix' drafter (it drafts without a head)")
 
 
 def auto_options(min_depth=None, lookahead=None, prior_strength=None, update_rate=None, cost_update_rate=None,

@@ -30,7 +30,8 @@ def register(subparsers) -> None:
                     "tokens/s, speedup vs vanilla, tau, drafted depth, time split and greedy exactness.",
         epilog="methods [configurable settings with defaults]:\n" + "\n".join(lines) + "\n\nevery tree method also "
                "takes the target engine's settings: static_cache=false, compile=false, max_len=default\n"
-               "(e.g. --set ddd.static_cache=true --set ddd.compile=true)",
+               "(e.g. --set ddd.static_cache=true --set ddd.compile=true), and every tree method that drafts the\n"
+               "drafter's: drafter=head|suffix|hybrid|switch, suffix_cache=0 (e.g. --set ddd.drafter=hybrid)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="zoo name, local model directory or Hub id")
     p.add_argument("--head", default=None,

@@ -7,7 +7,8 @@ does not apply to the target (the run goes on and the summary says why). A new d
 
 Settings are overridden per run with ``--set METHOD.KEY=VALUE`` (e.g. ``--set eagle2-cpu.total_tokens=16``);
 only keys present in a method's defaults are accepted, plus, for every tree method, the target engine's
-``ENGINE_DEFAULTS`` (``--set ddd.static_cache=true --set ddd.compile=true``).
+``ENGINE_DEFAULTS`` (``--set ddd.static_cache=true --set ddd.compile=true``) and, for every tree method that drafts,
+``DRAFT_DEFAULTS`` (``--set ddd.drafter=hybrid``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class MethodPlan:
 METHODS: dict[str, MethodSpec] = {}
 # The target engine of a tree method (see dyndepth.target.Target): any tree method takes these keys
 ENGINE_DEFAULTS = {"static_cache": False, "compile": False, "max_len": None}
+# Any tree method that drafts takes these too: where its nodes come from (``--set ddd.drafter=hybrid``) and the
+# suffix drafter's cache of earlier answers; None = the decoder's default drafter
+DRAFT_DEFAULTS = {"drafter": None, "suffix_cache": 0}
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
@@ -78,6 +82,18 @@ register_method(MethodSpec("auto", "the cost-aware policy: each step the depth a
                                           "min_depth": 1, "lookahead": 2, "prior_strength": 8.0, "update_rate": 0.02,
                                           "cost_update_rate": 0.05, "objective": "run"}))
 
+register_method(MethodSpec("suffix", "model-free drafting: suffix matches over the prompt and the answer so far "
+                           "(drafters/suffix.py), DDD's check on their calibrated path probabilities, no head (works "
+                           "for any model); suffix_cache = earlier answers searched too", tree_factory,
+                           {"policy": "ddd", "drafter": "suffix", "max_depth": 11, "checks": (5, 7, 9),
+                            "threshold": -0.3, "top_k": 10, "total_tokens": None, "suffix_cache": 0}))
+register_method(MethodSpec("hybrid", "ddd's head tree and suffix matches merged into one tree under one node budget, "
+                           "reranked on calibrated P(accepted)", tree_factory,
+                           {**METHODS["suffix"].defaults, "drafter": "hybrid"}))
+register_method(MethodSpec("switch", "the either/or baseline of shipped hybrids: per step the suffix tree when its "
+                           "score (expected accepted tokens) is at least 3, else ddd's head tree", tree_factory,
+                           {**METHODS["suffix"].defaults, "drafter": "switch"}))
+
 register_method(MethodSpec("static-eager", "ddd's settings on the static-cache engine: preallocated KV buffers, "
                            "trees padded to power-of-two sizes, in-place compaction; not compiled", tree_factory,
                            {**METHODS["ddd"].defaults, "static_cache": True}))
@@ -108,7 +124,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "policy": str, "assistant": str, "top_k": int, "max_depth": int, "total_tokens": _int_or_none,
     "threshold": float, "checks": _checks, "min_depth": int, "lookahead": int, "prior_strength": float,
     "update_rate": float, "cost_update_rate": float, "objective": str, "static_cache": _bool, "compile": _bool, "max_len": _int_or_none,
-    "prompt_lookup_num_tokens": int,
+    "prompt_lookup_num_tokens": int, "drafter": str, "suffix_cache": int,
 }
 
 
@@ -158,7 +174,10 @@ def parse_overrides(items: list[str] | None) -> dict[str, dict]:
 
 def method_defaults(spec: MethodSpec) -> dict:
     """A method's settings with their defaults: its own, plus the engine's for a tree method."""
-    return {**ENGINE_DEFAULTS, **spec.defaults} if spec.factory is tree_factory else dict(spec.defaults)
+    if spec.factory is not tree_factory:
+        return dict(spec.defaults)
+    drafts = DRAFT_DEFAULTS if spec.defaults.get("policy") != "plain" else {}
+    return {**ENGINE_DEFAULTS, **drafts, **spec.defaults}
 
 
 def check_key(method: str, key: str) -> None:

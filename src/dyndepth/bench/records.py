@@ -18,6 +18,8 @@ and, for tree methods, the per-step decision data (optional fields; older files 
     accepted            draft nodes accepted per step (a, before stop-token trimming)
     predicted_accepted  the policy's expected a for the tree it chose (auto; null for other policies)
     beam_log_mass       logsumexp of the deepest beam's path log-values (DDD's H at the depth reached)
+    tree_depths         depth of each step's verified tree (a suffix match may run deeper than the head)
+    suffix_accepted     accepted nodes per step that a suffix match proposed (drafters suffix, hybrid, switch)
 
 The summary is computed from these records alone, so it can be recomputed from the files.
 """
@@ -51,6 +53,8 @@ class TurnResult:
     accepted: list[int] = field(default_factory=list)
     predicted_accepted: list[float | None] = field(default_factory=list)
     beam_log_mass: list[float | None] = field(default_factory=list)
+    tree_depths: list[int] = field(default_factory=list)
+    suffix_accepted: list[int] = field(default_factory=list)
 
     @property
     def new_tokens(self) -> int:
@@ -73,6 +77,9 @@ def answer_record(question, model_id: str, method: str, turns: list[TurnResult])
             choice[name] = [list(getattr(t, name)) for t in turns]
         for name in ("predicted_accepted", "beam_log_mass"):
             choice[name] = [[None if v is None else round(v, 4) for v in getattr(t, name)] for t in turns]
+    for name in ("tree_depths", "suffix_accepted"):
+        if any(getattr(t, name) for t in turns):
+            choice[name] = [list(getattr(t, name)) for t in turns]
     return {"question_id": question.question_id, "category": question.category,
             "answer_id": uuid.uuid4().hex[:22], "model_id": model_id, "method": method,
             "tstamp": round(time.time(), 3), "choices": [choice]}

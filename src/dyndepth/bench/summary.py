@@ -7,7 +7,8 @@ Definitions (Spec-Bench's conventions):
   questions both answered (Spec-Bench's ratio of means, not a mean of ratios);
 - tau (mean accepted tokens) = tokens committed by steps / steps; methods that cannot report per-step
   lengths (assisted) count every new token and every target forward;
-- mean depth = mean draft levels per step; early stop = share of steps below ``max_depth`` (DDD);
+- mean depth = mean draft levels per step; early stop = share of steps below ``max_depth`` (DDD); mean tree
+  depth = mean depth of the verified trees; suffix accepted share = accepted draft tokens a suffix match proposed;
 - exactness = turns whose token ids equal the reference method's (greedy runs only), k of N.
 """
 
@@ -117,6 +118,13 @@ def method_stats(records: list[dict], settings: dict | None = None) -> dict:
         "accept_histogram": dict(sorted(Counter(accepts).items())),
         "time": time_split(records),
     }
+    tree_depths, suffix = _flat(records, "tree_depths"), _flat(records, "suffix_accepted")
+    if tree_depths:
+        stats["mean_tree_depth"] = round(mean(tree_depths), 3)
+        stats["max_tree_depth"] = max(tree_depths)
+    if suffix:  # accepted draft tokens that a suffix match proposed (alone or merged with a head node)
+        drafted = sum(_flat(records, "accepted"))
+        stats["suffix_accepted_share"] = round(sum(suffix) / drafted, 4) if drafted else None
     if settings.get("policy") == "ddd" and depths:
         stats["early_stop_rate"] = round(sum(d < settings["max_depth"] for d in depths) / len(depths), 4)
     return stats

@@ -1,4 +1,5 @@
-"""dyndepth's own generation loop as benchmark methods: plain decoding, fixed-depth trees, DDD.
+"""dyndepth's own generation loop as benchmark methods: plain decoding, fixed-depth trees, DDD, auto, and the
+model-free and hybrid drafters (setting ``drafter``; ``suffix`` needs no head).
 
 Every tree method wraps one ``SpeculativeDecoder`` built on the run's shared target and shared draft head, so
 a run holds the model weights once however many tree methods it compares. A method with engine settings
@@ -12,7 +13,8 @@ from dyndepth.bench.records import TurnResult
 from dyndepth.errors import DyndepthError
 from dyndepth.policies import AUTO_OPTIONS
 
-TREE_KEYS = ("policy", "top_k", "total_tokens", "max_depth", "checks", "threshold", *AUTO_OPTIONS)
+TREE_KEYS = ("policy", "top_k", "total_tokens", "max_depth", "checks", "threshold", "drafter", "suffix_cache",
+             *AUTO_OPTIONS)
 
 
 def tree_kwargs(settings: dict) -> dict:
@@ -21,6 +23,8 @@ def tree_kwargs(settings: dict) -> dict:
     kwargs = {k: settings.get(k) for k in TREE_KEYS if k != "policy"}
     if policy != "ddd":  # checks/threshold only mean something to DDD
         kwargs.pop("checks"), kwargs.pop("threshold")
+    if not kwargs.get("suffix_cache"):  # 0: no cache, whatever the drafter
+        kwargs.pop("suffix_cache")
     if policy != "auto":
         for key in AUTO_OPTIONS:
             kwargs.pop(key)
@@ -59,8 +63,8 @@ class TreeMethod(BenchMethod):
         self.name = name
         target = ctx.target(**engine_kwargs(settings))
         policy = settings["policy"]
-        head = ctx.draft_head() if policy != "plain" else None
         kwargs = tree_kwargs(settings)
+        head = ctx.draft_head() if policy != "plain" and kwargs.get("drafter") != "suffix" else None
         self.decoder = SpeculativeDecoder(target, head, policy=policy, **kwargs)
         self.device = target.device
 
@@ -79,11 +83,15 @@ class TreeMethod(BenchMethod):
                                     top_p=params.top_p, top_k=params.top_k, seed=seed)
         wall = now(self.device) - t0
         st = out.stats
+        drafts = self.decoder.policy.max_depth > 0
         return TurnResult(token_ids=list(out.token_ids), wall_time=wall, steps=st.steps,
                           accept_lengths=st.accept_lengths, depths=st.depths if self.decoder.head else [],
+                          tree_depths=[s.tree_depth for s in st.step_stats] if drafts else [],
+                          suffix_accepted=[s.accepted_suffix for s in st.step_stats]
+                          if self.decoder.drafting.uses_suffix else [],
                           prefill_time=st.prefill_time_s, draft_time=st.draft_time_s,
                           verify_time=st.verify_time_s, text=out.text or "",
-                          **(_decisions(st) if self.decoder.head else {}))
+                          **(_decisions(st) if drafts else {}))
 
     def generate_batch(self, prompts: list[list[int]], params: GenParams, seed: int, batch_size: int):
         """Every prompt through the engine, ``batch_size`` rows at a time (continuous batching)."""

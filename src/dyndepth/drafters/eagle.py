@@ -42,9 +42,11 @@ class DraftInput:
 
 
 @torch.inference_mode()
-def grow_pools(head: DraftHead, rows: list[DraftInput], policy: DepthPolicy, top_k: int) -> list[DraftPool]:
-    """One pool per row; ``pool.depth`` is the number of levels that row grew."""
-    pools = [DraftPool() for _ in rows]
+def grow_pools(head: DraftHead, rows: list[DraftInput], policy: DepthPolicy, top_k: int,
+               pools: list[DraftPool] | None = None) -> list[DraftPool]:
+    """One pool per row (``pools``: empty pools to grow into, e.g. carrying a hybrid row's suffix candidates for
+    the policy); ``pool.depth`` is the number of levels that row grew."""
+    pools = pools if pools is not None else [DraftPool() for _ in rows]
     features = torch.cat([r.features for r in rows])  # [T, F]
     device, dtype = features.device, features.dtype
     caches = [r.cache for r in rows]

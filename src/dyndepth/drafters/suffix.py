@@ -228,10 +228,12 @@ class SuffixDrafter:
         """Append committed tokens (amortised O(1) each)."""
         self._text.append(_token_list(tokens))
 
-    def finish(self) -> None:
-        """Put the tokens committed after construction into the cache (once); the drafter stays usable."""
+    def finish(self, length: int | None = None) -> None:
+        """Put the tokens committed after construction (the first ``length`` of them, e.g. what was emitted before
+        a stop) into the cache (once); the drafter stays usable."""
         if self.cache is not None and not self._finished:
-            self.cache.add(self._text.tokens[self.prompt_len:])
+            end = len(self._text.tokens) if length is None else self.prompt_len + max(0, length)
+            self.cache.add(self._text.tokens[self.prompt_len:end])
         self._finished = True
 
     def propose(self, max_nodes: int | None = None, max_depth: int | None = None) -> SuffixProposal:

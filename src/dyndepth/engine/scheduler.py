@@ -84,6 +84,7 @@ class Scheduler:
                 seq.kv.release()
                 seq.kv = None
             seq.draft_kv = None
+            self.decoder.drafting.close(seq)  # its output joins the suffix cache of earlier outputs
             if seq.started is not None:
                 seq.stats.total_time_s = time.perf_counter() - seq.started
             if seq.state is not State.DONE:

@@ -2,8 +2,9 @@
 
 A sequence goes WAITING -> PREFILL (its prompt enters its KV cache, in chunks when long) -> DECODE (one tree per
 step) -> DONE. It owns everything that is per request: the target KV row and the head's cache, the root token, the
-committed pairs the head has not seen yet, the resolved options, its own random generator, its text stream, its
-statistics. ``emit`` applies the request's stop conditions to the tokens a step commits.
+committed pairs the head has not seen yet, its suffix drafter (prompt + committed tokens), the resolved options, its
+own random generator, its text stream, its statistics. ``emit`` applies the request's stop conditions to the tokens
+a step commits.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Sequence:
         self.state = State.WAITING
         self.kv = None  # the target's RowKV, from admission to the end
         self.draft_kv = None  # the head's DraftKV (None without a head)
+        self.suffix = None  # its SuffixDrafter from the first root on (drafters/stage.py; None: no suffix drafting)
         self.prefilled = 0  # prompt tokens already in the KV cache
         self.root: int | None = None  # the last token produced, not yet in the KV cache
         self.pair_tokens: torch.Tensor | None = None  # [n] committed pairs the head has not seen (last = root)

@@ -1,7 +1,8 @@
 """One engine step over a batch of sequences: draft every row's tree, verify them all in ONE target forward,
 accept and commit per row.
 
-    decode rows:   pools = grow_pools(head, every drafting row's new pairs)     # one head forward per depth
+    decode rows:   pools = drafting.pools(rows)    # drafters/stage.py: the head's shared forwards (one per depth),
+                                                   # suffix matches, or both merged, per the decoder's drafter
                    sizes = policy.tree_sizes(pools, caps)                       # per row, priced by the batch
                    tree_r = pool_r.select(root_r, size_r - 1)                   # a row that does not draft: its root
     prefill rows:  the next chunk of the prompt (all of it when no row is decoding)
@@ -22,13 +23,12 @@ from dataclasses import dataclass
 
 import torch
 
-from dyndepth.drafters.eagle import DraftInput, grow_pools
 from dyndepth.engine.sequence import Sequence, State
 from dyndepth.sampling import pick_token
 from dyndepth.stats import StepStats
 from dyndepth.target import RowInput
 from dyndepth.text import TextChunk
-from dyndepth.tree import DraftTree
+from dyndepth.tree import SUFFIX, DraftTree
 from dyndepth.verify import NodeLogits, prefetch, verify
 
 
@@ -80,25 +80,17 @@ def run_step(dec, rows: list[Sequence], prefill_budget: int | None) -> list[Even
                 decode.append(s)
     prefill = plan_prefill([s for s in rows if s.state is State.PREFILL], prefill_budget)
 
-    # 1. Draft: every drafting row's pool in shared head forwards; tree sizes chosen for the batch.
+    # 1. Draft: every drafting row's pool (the drafter stage); tree sizes chosen for the batch.
     n_tree = dec.total_tokens if policy.max_depth > 0 else 1
     caps = [min(n_tree, context - s.kv.length) for s in decode]  # near the context end the tree shrinks
     trees: list[DraftTree] = [DraftTree.root_only(s.root) for s in decode]
-    pools = [None] * len(decode)
-    drafting = [i for i, s in enumerate(decode) if head is not None and policy.max_depth > 0 and caps[i] > 1]
     base = len(decode) + sum(b - a for _, a, b in prefill)  # every row's root, every prompt chunk
-    if drafting and not policy.drafts(len(drafting), base):
-        drafting = []
+    pools = dec.drafting.pools(dec, decode, caps, base) if decode else []
+    drafting = [i for i, pool in enumerate(pools) if pool is not None]
     if drafting:
-        inputs = []
-        for i in drafting:
-            tokens, feats = decode[i].take_pairs()
-            inputs.append(DraftInput(decode[i].draft_kv, tokens, feats))
-        grown = grow_pools(head, inputs, policy, dec.top_k)
-        sizes = policy.tree_sizes(grown, [caps[i] for i in drafting], base)
-        for i, pool, n in zip(drafting, grown, sizes):
-            pools[i] = pool
-            trees[i] = pool.select(decode[i].root, n - 1)
+        sizes = policy.tree_sizes([pools[i] for i in drafting], [caps[i] for i in drafting], base)
+        for i, n in zip(drafting, sizes):
+            trees[i] = pools[i].select(decode[i].root, n - 1)
     t1 = _now(device)
 
     # 2. One target forward over every row's tree and every prefill chunk.
@@ -139,17 +131,22 @@ def run_step(dec, rows: list[Sequence], prefill_budget: int | None) -> list[Even
             if head_feats is not None:
                 s.add_pairs(torch.tensor(new, device=device), head_feats[a:b][path_t])  # [a + 1], [a + 1, F]
             s.root = bonus
+            dec.drafting.commit(s, new)
             chunk, done = s.emit(new)
             pool = pools[i]
+            dec.drafting.observe(pool, tree, path)
             on_path = set(path)
             step = StepStats(committed=len(chunk.token_ids), accepted=min(len(path) - 1, len(chunk.token_ids)),
                              depth=pool.depth if pool is not None else 0, tree_size=len(tree),
                              draft_time_s=t1 - t0, verify_time_s=0.0,
-                             beam_log_mass=float(pool.beam_log_mass) if pool is not None else None,
+                             beam_log_mass=float(pool.beam_log_mass) if pool is not None and
+                             pool.beam_log_mass is not None else None,
                              predicted_accepted=getattr(pool, "predicted_accepted", None),
-                             batch_rows=rows_in_forward, batch_tokens=tokens_in_forward,
+                             batch_rows=rows_in_forward, batch_tokens=tokens_in_forward, tree_depth=tree.max_depth,
+                             accepted_suffix=sum(1 for j in path[1:] if tree.sources and tree.sources[j] & SUFFIX),
                              node_values=tree.values[1:], node_parents=tree.parents[1:],
-                             node_depths=tree.depths[1:], node_accepted=[j in on_path for j in range(1, len(tree))])
+                             node_depths=tree.depths[1:], node_accepted=[j in on_path for j in range(1, len(tree))],
+                             node_sources=tree.sources[1:] if tree.sources else [])
             s.stats.step_stats.append(step)
             events.append(Event(s, chunk, step, done))
         except Exception as exc:  # noqa: BLE001 - one row's failure ends that row only
@@ -169,6 +166,7 @@ def run_step(dec, rows: list[Sequence], prefill_budget: int | None) -> list[Even
             if head_feats is not None:  # pairs (F[j], token j + 1); the last one's token is the root
                 s.add_pairs(torch.cat([s.prompt[a + 1:b], torch.tensor([root], device=device)]), head_feats[lo:hi])
             s.root, s.state = root, State.DECODE
+            dec.drafting.open(s)
             s.stats.prefill_time_s = time.perf_counter() - s.started
             chunk, done = s.emit([root])
             events.append(Event(s, chunk, None, done))

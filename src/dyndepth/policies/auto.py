@@ -64,6 +64,7 @@ from dyndepth.errors import DyndepthError
 from dyndepth.policies.base import DepthPolicy
 from dyndepth.policies.calibration import AcceptanceCalibration
 from dyndepth.policies.costs import CostModel
+from dyndepth.tree import HEAD
 
 OBJECTIVES = ("run", "step")
 EXPLORE_AFTER = 8  # drafting steps of a batch-size class before its first plain step
@@ -148,14 +149,19 @@ class CostAwarePolicy(DepthPolicy):
         return self.costs.draft_fit.a / self._rows + self.costs.draft_fit.b * levels / self._rows
 
     def _pool_p(self, pool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(values [P], P(accepted) [P]) of the pool's nodes; each level is computed once per step (kept on the
-        pool, so the rows of a batch do not recompute each other's)."""
+        """(rank keys [P], P(accepted) [P]) of the pool's nodes, in the rerank's order of keys: the path values and
+        P from the calibration map for the head's levels (each level computed once per step, kept on the pool, so
+        the rows of a batch do not recompute each other's); a pool with model-free nodes carries every node's
+        calibrated log P (drafters/hybrid.py), which is then both the key and P."""
+        if pool.accept_logp is not None:
+            logp = pool.accept_logp.float().cpu()
+            return logp, logp.exp()
         cache = getattr(pool, "_auto", None)
         if cache is None:
             cache = pool._auto = {"p": torch.zeros(0), "table": self.calibration.table()}
         values = pool.all_values()
         p = cache["p"]
-        while p.numel() < pool.size:
+        while p.numel() < pool.head_size:
             d = int(pool.all_depths()[p.numel()]) - 1  # the next level not yet computed (0-based)
             _, v, parents = pool.level(d)
             if d == 0:
@@ -167,6 +173,15 @@ class CostAwarePolicy(DepthPolicy):
             p = torch.cat([p, parent_p * g])
         cache["p"] = p
         return values, p
+
+    @staticmethod
+    def _with_side(pool, values: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, P) of a growing pool's head nodes and, for a hybrid row, of the suffix candidates beside it
+        (``pool.side_logp``), which compete for the same node budget: then every key is the calibrated log P."""
+        if pool.side_logp is None:
+            return values, p
+        side = pool.side_logp.float().cpu()
+        return torch.cat([p.clamp_min(1e-12).log(), side]), torch.cat([p, side.exp()])
 
     def _predicted_children(self, pool, depth: int, k: int) -> torch.Tensor:
         """[K, K] predicted log-probabilities of the children of level ``depth``'s beam (rows by beam rank), and
@@ -197,13 +212,15 @@ class CostAwarePolicy(DepthPolicy):
         if depth < self.min_depth:
             return False
         values, p = self._pool_p(pool)
-        now = self.best(values, p, depth)[0]
+        keys, probs = self._with_side(pool, values, p)
+        now = self.best(keys, probs, depth)[0]
         _, last_v, _ = pool.level(depth - 1)
         beam = torch.topk(last_v, k).indices  # the beam = the best k nodes of the deepest level (as draft.py)
-        offset = pool.size - last_v.numel()
+        offset = pool.head_size - last_v.numel()
         beam_v, beam_p = last_v[beam], p[(beam + offset).cpu()]  # [K], [K]
-        all_v, all_p = values.float().cpu(), p
+        all_v, all_p = keys.float().cpu(), probs
         beam_v, beam_p = beam_v.float().cpu(), beam_p
+        side = pool.side_logp is not None
         for ahead in range(1, min(self.lookahead, self.max_depth - depth) + 1):  # predicted levels, never grown
             d = depth + ahead
             child = seen if ahead == 1 else self._child_mean(d, k)  # [K, K]
@@ -211,7 +228,8 @@ class CostAwarePolicy(DepthPolicy):
             g = self.calibration.conditional(child.flatten(), torch.full((child.numel(),), d, dtype=torch.long),
                                              pool._auto["table"])
             nxt_p = (beam_p[:, None] * g.reshape(k, k)).flatten()
-            all_v, all_p = torch.cat([all_v, nxt_v]), torch.cat([all_p, nxt_p])
+            nxt_key = nxt_p.clamp_min(1e-12).log() if side else nxt_v
+            all_v, all_p = torch.cat([all_v, nxt_key]), torch.cat([all_p, nxt_p])
             later = self.best(all_v, all_p, d)[0]
             if later > now:
                 return False
@@ -285,13 +303,15 @@ class CostAwarePolicy(DepthPolicy):
         if not steps:
             return
         for step in steps:
-            if step.node_values:
+            if step.node_values:  # a hybrid tree's suffix nodes teach the suffix calibration (drafters/stage.py)
+                learn = [True] + [bool(s & HEAD) for s in step.node_sources] if step.node_sources else None
                 self.calibration.update([0.0] + list(step.node_values), [-1] + list(step.node_parents),
-                                        [0] + list(step.node_depths), [True] + list(step.node_accepted))
+                                        [0] + list(step.node_depths), [True] + list(step.node_accepted), learn)
         first = steps[0]
         depth = max(s.depth for s in steps)
+        drafted = depth > 0 or any(s.tree_size > 1 for s in steps)  # a suffix tree drafts with no head level
         tokens = first.batch_tokens if len(steps) > 1 or first.batch_rows > 1 else first.tree_size
-        if self.costs is not None and depth > 0:
+        if self.costs is not None and drafted:
             self.costs.observe(max(tokens, first.tree_size), first.verify_time_s, depth, first.draft_time_s)
         seconds = first.draft_time_s + first.verify_time_s
         if seconds > 0:  # the run rate's running means (started at the first step, then EMA)

@@ -23,6 +23,12 @@ class DepthPolicy:
     def should_stop(self, depth: int, beam_log_values: torch.Tensor, pool=None) -> bool:  # beam_log_values [K]
         raise NotImplementedError
 
+    def suffix_depth(self, depths: list[int], log_p: list[float], top_k: int) -> int:
+        """How many levels of a suffix proposal to keep: depths [n] and calibrated log P(accepted) [n] of its nodes
+        (drafters/hybrid.py), top_k the beam width. The default keeps them all (the proposal's own rules, a
+        depth cap from its match length and a minimum estimate, bound it); ``ddd`` applies its check to them."""
+        return max(depths, default=0)
+
     def tree_size(self, pool, n_max: int) -> int:
         """Tokens to verify this step, root included (1..n_max). The cost-blind policies verify n_max."""
         return n_max

@@ -83,17 +83,22 @@ class AcceptanceCalibration:
         return p
 
     # -- learning -----------------------------------------------------------------------------------------------
-    def update(self, values, parents, depths, accepted) -> None:
+    def update(self, values, parents, depths, accepted, learn=None) -> None:
         """One verified tree, root first: values [N] log path values (root 0), parents [N] (root -1), depths [N],
-        accepted [N] bool (root True)."""
+        accepted [N] bool (root True); learn [N] bool: the nodes this map is for (None: all), e.g. a hybrid tree's
+        head nodes (a head node's parent is the root or a head node, so its conditional value is defined)."""
         values = torch.as_tensor(values, dtype=torch.float32)
         if values.numel() <= 1:
             return
         parents = torch.as_tensor(parents, dtype=torch.long)
         depths = torch.as_tensor(depths, dtype=torch.long)
         hit = torch.as_tensor(accepted, dtype=torch.bool)
-        predicted = self.tree_probs(values, parents, depths)[1:]  # before learning from this tree
-        node = slice(1, None)
+        mine = torch.ones(values.numel() - 1, dtype=torch.bool) if learn is None else \
+            torch.as_tensor(learn, dtype=torch.bool)[1:]
+        if not bool(mine.any()):
+            return
+        predicted = self.tree_probs(values, parents, depths)[1:][mine]  # before learning from this tree
+        node = torch.arange(1, values.numel())[mine]
         path_bucket = self.bucket(values[node])
         self.rel_pred.index_add_(0, path_bucket, predicted)
         self.rel_obs.index_add_(0, path_bucket, hit[node].float())

@@ -65,6 +65,21 @@ class DynamicDepth(DepthPolicy):
         self.last_mass = float(torch.logsumexp(beam_log_values.float(), dim=-1))
         return self.last_mass < self.threshold
 
+    def suffix_depth(self, depths, log_p, top_k):
+        """DDD's rule on a suffix proposal's levels: after check depth d, stop when the log of the summed calibrated
+        P(accepted) of the level's ``top_k`` best nodes is below the threshold. The checks go on beyond the last one
+        at the same spacing, since a long confident match may run deeper than the head's ``max_depth``."""
+        deepest = max(depths, default=0)
+        step = self.checks[-1] - self.checks[-2] if len(self.checks) > 1 else 2
+        check = self.checks[0]
+        while check < deepest:
+            level = sorted((lp for d, lp in zip(depths, log_p) if d == check), reverse=True)[:top_k]
+            if float(torch.logsumexp(torch.tensor(level), dim=0)) < self.threshold:
+                return check
+            nxt = [c for c in self.checks if c > check]
+            check = nxt[0] if nxt else check + step
+        return deepest
+
     def describe(self):
         return {"policy": self.name, "max_depth": self.max_depth, "checks": list(self.checks),
                 "threshold": self.threshold}

@@ -32,6 +32,9 @@ def register(sub) -> None:
     g.add_argument("--max-batch-size", type=int, default=None, metavar="N",
                    help="requests decoded together, each step verifying every row's tree in one forward; 1 = one "
                         "request at a time (default: 8 on a CPU, 64 on a GPU)")
+    g.add_argument("--suffix-cache", type=int, default=None, metavar="N",
+                   help="with --drafter suffix, hybrid or switch: the suffix matches also search the outputs of the "
+                        "last N requests (a FIFO, as SuffixDecoding's global tree; default 0: none)")
     g.add_argument("--prefill-chunk", type=int, default=None, metavar="N",
                    help="prompt tokens a step takes while other requests decode, so their streams keep flowing "
                         "(default: 128 on a CPU, 2048 on a GPU)")

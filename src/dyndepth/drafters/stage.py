@@ -1,0 +1,134 @@
+"""The draft stage of an engine step: where each row's candidate nodes come from.
+
+    drafter "head"     the EAGLE head grows a pool per row (drafters/eagle.py); the default
+    drafter "suffix"   suffix matches alone (drafters/suffix.py): no head, any causal LM
+    drafter "hybrid"   both in one pool per row, merged and reranked on calibrated P(accepted) (drafters/hybrid.py)
+    drafter "switch"   either/or per row and step, as shipped hybrids do: the suffix tree when its score (the sum of
+                       its nodes' frequency estimates, SuffixDecoding's expected accepted tokens) is at least
+                       SWITCH_SCORE, else the head's (the baseline ``hybrid`` is measured against)
+
+Per row: ``open`` builds the row's SuffixDrafter when its prefill picks the first root (prompt + root), ``commit``
+extends it with each step's accepted tokens and bonus, ``close`` puts the row's output into the shared cache of
+earlier outputs (``suffix_cache`` outputs, FIFO; not thread-safe: only the engine's thread calls the stage).
+
+``pools`` returns one pool per decode row (None: the row verifies its root alone this step). The depth policy sees
+both sources: the head grows under its ``should_stop`` (auto also sees the suffix candidates beside the growing
+pool, ``pool.side_logp``, so the two spend one node budget), the suffix candidates are cut by its
+``suffix_depth`` rule on their calibrated path probabilities (ddd: DDD's check on the suffix levels), and
+``tree_sizes`` sizes the merged pools. ``observe`` teaches the suffix calibration (and, unless the policy owns it,
+the head calibration) from each verified tree.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dyndepth.drafters.eagle import DraftInput, grow_pools
+from dyndepth.drafters.hybrid import merge, score, suffix_pool
+from dyndepth.drafters.suffix import SuffixCache, SuffixDrafter, SuffixOptions
+from dyndepth.drafters.suffix_calibration import SuffixCalibration
+from dyndepth.policies.calibration import AcceptanceCalibration
+from dyndepth.tree import HEAD, DraftPool, DraftTree
+
+DRAFTERS = ("head", "suffix", "hybrid", "switch")
+DEFAULT_DRAFTER = "head"
+SWITCH_SCORE = 3.0  # the either/or rule's threshold: suffix when its proposal expects >= 3 accepted tokens
+
+
+class DraftStage:
+    def __init__(self, kind: str, policy, suffix_options: SuffixOptions | None = None, suffix_cache: int = 0):
+        if kind not in DRAFTERS:
+            raise ValueError(kind)
+        self.kind = kind
+        self.uses_head = kind != "suffix"
+        self.uses_suffix = kind != "head" and policy.max_depth > 0
+        self.options = suffix_options or SuffixOptions()
+        self.cache = SuffixCache(suffix_cache) if suffix_cache and self.uses_suffix else None
+        self.suffix_calibration = SuffixCalibration() if self.uses_suffix else None
+        self.head_calibration = None  # hybrid: the head's side of the one scale (the auto policy's own map)
+        self._own_head_calibration = False
+        if kind == "hybrid":
+            shared = getattr(policy, "calibration", None)
+            self.head_calibration = shared if shared is not None else AcceptanceCalibration()
+            self._own_head_calibration = shared is None
+
+    def describe(self) -> dict:
+        d = {"drafter": self.kind}
+        if self.uses_suffix:
+            d["suffix_cache"] = self.cache.max_sequences if self.cache is not None else 0
+        return d
+
+    # -- per row ----------------------------------------------------------------------------------------------
+    def open(self, seq) -> None:
+        """The row's prefill picked its first root: its suffix state is the prompt plus that root."""
+        if self.uses_suffix:
+            seq.suffix = SuffixDrafter(seq.prompt.tolist(), cache=self.cache, options=self.options)
+            seq.suffix.extend([seq.root])
+
+    def commit(self, seq, tokens: list[int]) -> None:
+        if seq.suffix is not None:
+            seq.suffix.extend(tokens)
+
+    def close(self, seq) -> None:
+        """The row leaves: its output joins the cache of earlier outputs (not a failed row's)."""
+        if seq.suffix is not None:
+            if seq.error is None:
+                seq.suffix.finish(seq.emitted)  # what the row output (a stop may end it inside a step's tokens)
+            seq.suffix = None
+
+    # -- a step -----------------------------------------------------------------------------------------------
+    def pools(self, dec, rows: list, caps: list[int], base: int) -> list[DraftPool | None]:
+        """One pool per row of ``rows`` (decode rows; caps: tokens each may verify, root included; base: the step's
+        tokens besides drafted nodes), None where the row does not draft this step."""
+        policy = dec.policy
+        pools: list[DraftPool | None] = [None] * len(rows)
+        drafting = [i for i in range(len(rows)) if policy.max_depth > 0 and caps[i] > 1]
+        if not drafting or not policy.drafts(len(drafting), base):
+            return pools
+        scored = {}
+        if self.uses_suffix:
+            for i in drafting:
+                s = score(rows[i].suffix.propose(max_nodes=caps[i] - 1), self.suffix_calibration)
+                if self.kind != "switch" and len(s):
+                    s = s.cut(policy.suffix_depth(s.depths, s.log_p, dec.top_k))
+                scored[i] = s
+        if self.kind == "switch":
+            head_rows = [i for i in drafting if scored[i].proposal.score < SWITCH_SCORE]
+        else:
+            head_rows = drafting if self.uses_head else []
+        if head_rows:
+            made = [DraftPool() for _ in head_rows]
+            if self.kind == "hybrid":  # the suffix candidates count against the budget while the head grows
+                for pool, i in zip(made, head_rows):
+                    pool.side_logp = torch.tensor(scored[i].log_p, dtype=torch.float32)
+            inputs = [DraftInput(rows[i].draft_kv, *rows[i].take_pairs()) for i in head_rows]
+            grown = grow_pools(dec.head, inputs, policy, dec.top_k, pools=made)
+            table = self.head_calibration.table() if self.kind == "hybrid" else None
+            for i, pool in zip(head_rows, grown):
+                pool.side_logp = None
+                if self.kind == "hybrid" and len(scored[i]):
+                    merge(pool, scored[i], self.head_calibration, table)
+                pools[i] = pool
+        for i in drafting:
+            if pools[i] is None and len(scored.get(i, ())):
+                pools[i] = suffix_pool(scored[i])
+        return pools
+
+    def observe(self, pool: DraftPool | None, tree: DraftTree, path: list[int]) -> None:
+        """One row's verified tree: its suffix nodes whose parent was accepted teach the suffix calibration; its
+        head nodes the head calibration when the stage owns it (the auto policy teaches its own)."""
+        if pool is None or len(tree) == 1:
+            return
+        on_path = set(path)
+        if pool.suffix:
+            seen = []
+            for i in range(1, len(tree)):
+                info = pool.suffix.get(tree.pool_index[i])
+                if info is not None and tree.parents[i] in on_path:
+                    seen.append((info[0], info[1], i in on_path))
+            if seen:
+                self.suffix_calibration.update(seen)
+        if self._own_head_calibration and pool.head_size:
+            learn = None if tree.sources is None else [True] + [bool(s & HEAD) for s in tree.sources[1:]]
+            self.head_calibration.update(tree.values, tree.parents, tree.depths,
+                                         [i in on_path for i in range(len(tree))], learn=learn)

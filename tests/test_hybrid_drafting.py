@@ -1,0 +1,274 @@
+"""Model-free and hybrid drafting (issue 26): suffix matches beside (or instead of) the EAGLE head stay lossless.
+
+- merging a suffix proposal into a head pool keeps siblings distinct tokens (a merged node is one node with both
+  sources, its conditional acceptance the larger of the two), and every kept tree is connected;
+- float32 greedy output equals transformers' greedy decoding with ``drafter="suffix"`` (no head at all) and
+  ``drafter="hybrid"``, alone and as rows of a batch, on tiny Llama / Qwen2 / Gemma-3 targets, with repetitive
+  prompts so that suffix nodes are proposed and accepted (asserted);
+- DDD's check on a suffix proposal's levels, the suffix calibration learning from verified nodes, the cache of
+  earlier outputs, and one-line errors for the combinations that make no sense.
+(The sampling law with hybrid trees: tests/test_sampling.py; SmolLM2: tests/test_exactness_smollm2.py.)
+"""
+
+import math
+import random
+
+import pytest
+import torch
+
+from dyndepth.decoder import SpeculativeDecoder
+from dyndepth.drafters.hybrid import merge, score, suffix_pool
+from dyndepth.drafters.suffix import SuffixDrafter
+from dyndepth.drafters.suffix_calibration import PRIOR, SuffixCalibration
+from dyndepth.errors import DyndepthError
+from dyndepth.head import DraftHead, head_config
+from dyndepth.policies import DynamicDepth
+from dyndepth.policies.calibration import AcceptanceCalibration
+from dyndepth.tree import HEAD, SUFFIX, DraftPool
+from dyndepth.validate import OptionError
+from oracle_head import OracleHead
+from test_batch import auto_policy, hf_greedy
+from tiny_models import VOCAB, tiny_target
+
+TREE = dict(top_k=4, total_tokens=12, max_depth=6, checks=(2, 4), threshold=-0.3)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def repetitive(seed, n=40, period=8):
+    """A prompt that repeats a random phrase: the suffix drafter has matches from the first step."""
+    g = torch.Generator().manual_seed(seed)
+    phrase = torch.randint(1, VOCAB - 1, (period,), generator=g).tolist()
+    return (phrase * (n // period + 1))[:n]
+
+
+def head_for(target, seed=1):
+    torch.manual_seed(seed)
+    return DraftHead(head_config(target.config)).to(target.dtype)
+
+
+def suffix_accepted(outs):
+    return sum(s.accepted_suffix for o in outs for s in o.stats.step_stats)
+
+
+# -- the merge: distinct siblings, one scale --------------------------------------------------------------------
+def hand_pool():
+    """Head levels: depth 1 = tokens 5, 7, 9 (root's children); depth 2 = 11, 12 under node 0 and 13, 14 under 1."""
+    pool = DraftPool()
+    pool.add_level(torch.tensor([5, 7, 9]), torch.log(torch.tensor([0.5, 0.3, 0.1])), torch.tensor([-1, -1, -1]))
+    pool.add_level(torch.tensor([11, 12, 13, 14]), torch.log(torch.tensor([0.3, 0.1, 0.2, 0.05])),
+                   torch.tensor([0, 0, 1, 1]))
+    return pool
+
+
+def test_a_suffix_node_merges_into_the_head_node_with_its_parent_and_token():
+    # the context ends in "0 3", which was followed by "5 11 21" and by "8 6"
+    drafter = SuffixDrafter([3, 5, 11, 20, 0, 3, 5, 11, 21, 0, 3, 8, 6, 0, 3], min_prob=0.0)
+    prop = drafter.propose()
+    assert {(5,), (5, 11), (5, 11, 21), (8,)} <= set(prop.paths())  # "5 11" is also the head's best branch
+    cal = SuffixCalibration()
+    head_cal = AcceptanceCalibration()
+    pool = merge(hand_pool(), score(prop, cal), head_cal)
+    tokens, parents = pool.all_tokens().tolist(), pool.all_parents().tolist()
+    sources = pool.sources()
+    assert sources[0] == HEAD | SUFFIX and sources[3] == HEAD | SUFFIX  # 5 at the root and 11 under it merged
+    assert sources[1] == HEAD and sources[2] == HEAD
+    added = {(parents[i], tokens[i]) for i in range(pool.head_size, pool.size)}
+    assert {(3, 21), (-1, 8)} <= added  # new nodes hang off the merged head node 11 and off the root
+    assert all(sources[i] == SUFFIX for i in range(pool.head_size, pool.size))
+    for parent in set(parents):  # siblings are distinct tokens
+        kids = [t for t, p in zip(tokens, parents) if p == parent]
+        assert len(kids) == len(set(kids))
+    # one scale: a merged node's conditional is the larger of the head's and the suffix's
+    logp = pool.accept_logp.tolist()
+    head_g = torch.log(head_cal.conditional(torch.log(torch.tensor([0.5])), torch.tensor([1]))).item()
+    suffix_g = cal.log_g(prop.match_len, math.log(prop.counts[0] / prop.occurrences))
+    assert logp[0] == pytest.approx(max(head_g, suffix_g), abs=1e-5)
+    tree = pool.select(3, 8)
+    kids = tree.children()
+    assert all(len({tree.tokens[c] for c in k}) == len(k) for k in kids)
+    assert all(tree.parents[i] < i for i in range(1, len(tree)))
+    assert tree.sources is not None and tree.sources[1] == HEAD | SUFFIX
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_merged_pools_of_random_text_keep_siblings_distinct(seed):
+    """Head pools (top-k children per beam node, distinct) and suffix proposals over a 6-token vocabulary overlap
+    all the time: after the merge no node has two children with the same token, parents precede children, and
+    every selected tree is connected."""
+    rng = random.Random(seed)
+    vocab = 6
+    text = [rng.randrange(vocab) for _ in range(rng.randrange(20, 200))]
+    prop = SuffixDrafter(text, min_prob=0.0).propose(max_nodes=rng.randrange(1, 24))
+    pool = DraftPool()
+    k = rng.randrange(1, vocab + 1)
+    beam = torch.tensor([-1])
+    value = torch.zeros(1)
+    for _ in range(rng.randrange(1, 5)):
+        tokens = torch.stack([torch.randperm(vocab)[:k] for _ in beam])  # [B, k] distinct per parent
+        values = value[:, None] + torch.log(torch.rand(len(beam), k)).sort(descending=True).values
+        idx = pool.add_level(tokens.flatten(), values.flatten(), beam[:, None].expand(-1, k).flatten())
+        best = torch.topk(values.flatten(), min(k, values.numel())).indices
+        beam, value = idx[best], values.flatten()[best]
+    before = pool.size
+    merge(pool, score(prop, SuffixCalibration()), AcceptanceCalibration())
+    tokens, parents = pool.all_tokens().tolist(), pool.all_parents().tolist()
+    assert pool.size - before + sum(s == HEAD | SUFFIX for s in pool.sources()) == len(prop)
+    assert all(p < i for i, p in enumerate(parents))
+    seen = set()
+    for p, t in zip(parents, tokens):
+        assert (p, t) not in seen
+        seen.add((p, t))
+    for n in (1, 5, 40):
+        tree = pool.select(vocab, n)
+        assert all(tree.parents[i] < i for i in range(1, len(tree)))
+        assert all(len({tree.tokens[c] for c in kids}) == len(kids) for kids in tree.children())
+
+
+def test_suffix_pool_ranks_by_calibrated_probability():
+    prop = SuffixDrafter([1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 9, 1, 2, 3]).propose()
+    pool = suffix_pool(score(prop, SuffixCalibration()))
+    assert pool.head_size == 0 and pool.sources() == [SUFFIX] * len(prop)
+    logp = pool.accept_logp.tolist()
+    assert all(logp[i] <= (logp[p] if p >= 0 else 0.0) for i, p in enumerate(pool.all_parents().tolist()))
+    tree = pool.select(3, 3)
+    assert tree.tokens == [3, 4, 1, 2]  # the 3-token match "1 2 3" was followed by 4 twice, by 9 once
+
+
+# -- policies on suffix candidates ------------------------------------------------------------------------------
+def test_ddd_checks_the_suffix_levels_and_goes_on_past_its_max_depth():
+    ddd = DynamicDepth(max_depth=11, checks=(5, 7, 9), threshold=-0.3)
+    depths = list(range(1, 21))
+    confident = [d * math.log(0.99) for d in depths]
+    assert ddd.suffix_depth(depths, confident, 10) == 20  # deeper than the head's 11
+    fading = [d * math.log(0.9) for d in depths]  # 0.9^5 = 0.59 < e^-0.3
+    assert ddd.suffix_depth(depths, fading, 10) == 5
+    slow = [d * math.log(0.97) for d in depths]  # passes 5, 7, 9 (0.76), fails 11 (0.72): checks go on past 9
+    assert ddd.suffix_depth(depths, slow, 10) == 11
+    assert ddd.suffix_depth([1, 2, 3], [-5.0, -6.0, -7.0], 10) == 3  # never stops before the first check
+
+
+def test_suffix_calibration_learns_from_outcomes():
+    cal = SuffixCalibration(prior_strength=8.0, update_rate=0.0001)
+    before = math.exp(cal.log_g(1, 0.0))
+    assert before == pytest.approx(PRIOR[0][0])
+    for _ in range(50):
+        cal.update([(1, 0.0, True)])
+    assert math.exp(cal.log_g(1, 0.0)) > 0.9
+    assert math.exp(cal.log_g(20, math.log(0.5))) == pytest.approx(PRIOR[4][2])  # other cells untouched
+
+
+# -- greedy exactness -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("drafter", ["suffix", "hybrid"])
+def test_greedy_equals_transformers_alone_and_batched(arch, drafter):
+    target = tiny_target(arch)
+    dec = SpeculativeDecoder(target, head_for(target) if drafter == "hybrid" else None, policy="ddd",
+                             drafter=drafter, **TREE)
+    prompts = [repetitive(s) for s in range(5)]
+    budgets = [40, 24, 40, 12, 33]
+    want = [hf_greedy(target, p, n) for p, n in zip(prompts, budgets)]
+    alone = [dec.generate(p, max_new_tokens=n) for p, n in zip(prompts[:2], budgets[:2])]
+    assert [o.token_ids for o in alone] == want[:2]
+    batched = dec.generate(prompts, max_new_tokens=budgets, batch_size=3)
+    assert [o.token_ids for o in batched] == want
+    assert max(s.batch_rows for o in batched for s in o.stats.step_stats) == 3
+    assert suffix_accepted(alone + batched) > 0  # suffix nodes were accepted, not just proposed
+    cal = dec.drafting.suffix_calibration
+    assert sum(map(sum, cal.seen)) > 0  # and taught the calibration
+
+
+@pytest.mark.parametrize("policy", ["fixed", "auto"])
+@pytest.mark.parametrize("drafter", ["suffix", "hybrid", "switch"])
+def test_every_policy_takes_every_drafter(policy, drafter):
+    target = tiny_target("gemma3")
+    head = head_for(target) if drafter != "suffix" else None
+    if policy == "auto":
+        dec = SpeculativeDecoder(target, head, policy=auto_policy(), top_k=4, total_tokens=12, drafter=drafter)
+    else:
+        dec = SpeculativeDecoder(target, head, policy="fixed", top_k=3, total_tokens=8, max_depth=4, drafter=drafter)
+    prompts = [repetitive(s, n=30) for s in (3, 4, 5)]
+    outs = dec.generate(prompts, max_new_tokens=30, batch_size=2)
+    assert [o.token_ids for o in outs] == [hf_greedy(target, p, 30) for p in prompts]
+    assert suffix_accepted(outs) > 0
+    assert dec.describe()["drafter"] == drafter
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_hybrid_with_an_accepting_head_merges_and_accepts_both_sources(arch):
+    """A head that mostly agrees with the target next to suffix matches: head-only, suffix-only and merged nodes
+    are all accepted, and the output is still exactly greedy decoding."""
+    target = tiny_target(arch)
+    prompts = [repetitive(s, n=24, period=6) for s in (1, 2, 3)]
+    head = OracleHead(target, [p[0] for p in prompts] * 2, noise=0.7)
+    dec = SpeculativeDecoder(target, head, policy="ddd", drafter="hybrid", top_k=3, total_tokens=10, max_depth=7,
+                             checks=(3, 5))
+    outs = dec.generate(prompts, max_new_tokens=40, batch_size=3)
+    assert [o.token_ids for o in outs] == [hf_greedy(target, p, 40) for p in prompts]
+    kinds = set()
+    for o in outs:
+        for s in o.stats.step_stats:
+            kinds |= {src for src, ok in zip(s.node_sources, s.node_accepted) if ok}
+    assert kinds >= {HEAD | SUFFIX} and kinds & {HEAD, SUFFIX}
+
+
+def test_a_suffix_match_runs_deeper_than_the_head():
+    target = tiny_target("gemma3")  # its greedy output settles into a loop: long, confident matches
+    dec = SpeculativeDecoder(target, None, policy="ddd", drafter="suffix", top_k=4, total_tokens=40, max_depth=6,
+                             checks=(2, 4))
+    prompt = repetitive(0)
+    out = dec.generate(prompt, max_new_tokens=120)
+    assert out.token_ids == hf_greedy(target, prompt, 120)
+    assert max(s.tree_depth for s in out.stats.step_stats) > 6
+    assert max(s.accepted for s in out.stats.step_stats) > 6
+
+
+def test_the_cache_of_earlier_outputs_fills_and_stays_exact():
+    target = tiny_target("qwen2")
+    dec = SpeculativeDecoder(target, None, policy="ddd", drafter="suffix", suffix_cache=2, **TREE)
+    prompts = [repetitive(s, n=12) for s in range(4)]
+    outs = dec.generate(prompts, max_new_tokens=20, batch_size=2)
+    assert [o.token_ids for o in outs] == [hf_greedy(target, p, 20) for p in prompts]
+    cache = dec.drafting.cache
+    assert len(cache) == 2 and all(seq in [o.token_ids for o in outs] for seq in cache.sequences())
+    again = dec.generate(prompts[0], max_new_tokens=20)  # now matched against the cached outputs as well
+    assert again.token_ids == outs[0].token_ids
+    assert dec.describe()["suffix_cache"] == 2
+
+
+# -- options: one line each -------------------------------------------------------------------------------------
+def test_bad_drafter_combinations_are_one_line():
+    target = tiny_target("llama")
+    head = head_for(target)
+    cases = [
+        (dict(head=head, policy="ddd", drafter="bogus"), "drafter must be one of: head, suffix, hybrid, switch"),
+        (dict(head=head, policy="ddd", drafter="suffix"), "head does not apply to the 'suffix' drafter"),
+        (dict(head=None, policy="plain", drafter="suffix"), "drafter does not apply to the 'plain' policy"),
+        (dict(head=head, policy="ddd", suffix_cache=8), "suffix_cache applies to the suffix, hybrid and switch"),
+        (dict(head=None, policy="ddd", drafter="suffix", suffix_cache=-1), r"suffix_cache must be in 0\.\.65536, got -1"),
+        (dict(head=None, policy="ddd", drafter="hybrid"), "needs a draft head"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(DyndepthError, match=message) as info:
+            SpeculativeDecoder(target, **kwargs)
+        assert "\n" not in str(info.value)
+    with pytest.raises(OptionError, match="head does not apply to the 'suffix' drafter"):
+        SpeculativeDecoder.from_pretrained("no-such-model", head="random", drafter="suffix")
+
+
+def test_a_model_without_a_head_works_with_the_suffix_drafter(tiny_chat_model):
+    dec = SpeculativeDecoder.from_pretrained(str(tiny_chat_model), drafter="suffix", policy="ddd")
+    assert dec.head is None and dec.describe()["drafter"] == "suffix"
+    ids = dec.chat_ids("Repeat after me: one two three, one two three, one two three.")
+    out = dec.generate(ids, max_new_tokens=24)
+    ref = dec.target.model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
+                                    eos_token_id=sorted(dec.target.stop_token_ids()), pad_token_id=2)
+    assert out.token_ids == ref[0, len(ids):].tolist()
+    with pytest.raises(DyndepthError, match="no draft head ships"):
+        SpeculativeDecoder.from_pretrained(str(tiny_chat_model), drafter="hybrid", policy="ddd")
