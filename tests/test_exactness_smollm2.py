@@ -1,8 +1,9 @@
 """Greedy exactness on a real model: SmolLM2-135M-Instruct in float32, MT-bench first turns.
 
 `ddd` and `fixed` output must equal transformers' ``generate(do_sample=False)`` token for token, one prompt at a
-time and as rows of a batch (continuous batching, rows joining as others finish). The head is the shipped one when
-it exists, else a random one: exactness must not depend on the head's quality.
+time and as rows of a batch (continuous batching, rows joining as others finish), and so must the suffix and hybrid
+drafters. The head is the shipped one when it exists, else a random one: exactness must not depend on the head's
+quality.
 """
 
 import json
@@ -71,3 +72,23 @@ def test_batched_rows_equal_transformers_greedy(decoders, references):
         outs = dec.generate(prompts, max_new_tokens=MAX_NEW, batch_size=6)
         assert [i for i, (o, (_, ref)) in enumerate(zip(outs, references)) if o.token_ids != ref] == []
         assert max(s.batch_rows for o in outs for s in o.stats.step_stats) == 6
+
+
+def test_suffix_and_hybrid_drafters_equal_transformers_greedy(decoders, references):
+    """drafter="suffix" (no head: suffix matches in the prompt and the answer) and drafter="hybrid" (the head's tree
+    and the suffix matches merged): alone on a few questions, and as rows of a batch of 6 on all of them."""
+    target = decoders["ddd"].target
+    hybrid = SpeculativeDecoder(target, decoders["ddd"].head, policy="ddd", drafter="hybrid")
+    suffix = SpeculativeDecoder(target, None, policy="ddd", drafter="suffix")
+    accepted = 0
+    for dec, picked in ((hybrid, references[:4]), (suffix, references[4:8])):
+        for ids, ref in picked:
+            out = dec.generate(ids, max_new_tokens=MAX_NEW)
+            assert out.token_ids == ref
+            accepted += sum(s.accepted_suffix for s in out.stats.step_stats)
+    prompts = [ids for ids, _ in references]
+    for dec in (hybrid, suffix):
+        outs = dec.generate(prompts, max_new_tokens=MAX_NEW, batch_size=6)
+        assert [i for i, (o, (_, ref)) in enumerate(zip(outs, references)) if o.token_ids != ref] == []
+        accepted += sum(s.accepted_suffix for o in outs for s in o.stats.step_stats)
+    assert accepted > 50  # suffix nodes were accepted, not only proposed

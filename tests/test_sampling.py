@@ -22,10 +22,12 @@ from dyndepth.decoder import SpeculativeDecoder
 from dyndepth.head import DraftHead, head_config
 from dyndepth.sampling import SamplingParams, target_probs
 from dyndepth.target import Target
+from dyndepth.tree import HEAD, SUFFIX
 
 V = 8
 PROMPT = [1, 5, 2]
 OTHER = [3, 3, 7, 0, 6]  # the rows between the counted ones
+REPEATING = [1, 5, 2, 5, 2, 5, 2, 5, 6, 1, 5, 2]  # the toy target's greedy loop "5 2 5 2": suffix matches
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def toy_target():
     return Target(model.eval())
 
 
-def exact_joint(target, params):
+def exact_joint(target, params, prompt=PROMPT):
     """{(x1, x2, x3): probability} under the processed target distribution."""
     def probs(seq):
         with torch.no_grad():
@@ -48,15 +50,15 @@ def exact_joint(target, params):
         return target_probs(logits, params)
 
     joint = {}
-    p1 = probs(PROMPT)
+    p1 = probs(prompt)
     for a in range(V):
         if p1[a] == 0:
             continue
-        p2 = probs(PROMPT + [a])
+        p2 = probs(prompt + [a])
         for b in range(V):
             if p2[b] == 0:
                 continue
-            p3 = probs(PROMPT + [a, b])
+            p3 = probs(prompt + [a, b])
             for c in range(V):
                 joint[(a, b, c)] = float(p1[a] * p2[b] * p3[c])
     return joint
@@ -68,7 +70,8 @@ def exact_joint(target, params):
     SamplingParams(temperature=1.3, top_p=0.8),
     SamplingParams(temperature=1.0, top_k=3),
 ], ids=["T1", "T0.6", "T1.3-top_p0.8", "T1-top_k3"])
-def test_joint_distribution_of_first_tokens_matches_target(toy_target, params, policy="fixed"):
+def test_joint_distribution_of_first_tokens_matches_target(toy_target, params, policy="fixed", drafter="head",
+                                                           prompt=PROMPT):
     torch.manual_seed(123)
     head = DraftHead(head_config(toy_target.config))  # random: a deliberately wrong draft
     with torch.no_grad():
@@ -79,20 +82,21 @@ def test_joint_distribution_of_first_tokens_matches_target(toy_target, params, p
 
         costs = CostModel([1, 2, 4, 6], [0.01, 0.0102, 0.0106, 0.011], draft_base_s=0.0005, draft_level_s=0.0005)
         dec = SpeculativeDecoder(toy_target, head, policy=CostAwarePolicy(costs=costs, max_depth=3), top_k=2,
-                                 total_tokens=6)
+                                 total_tokens=6, drafter=drafter)
     else:
-        dec = SpeculativeDecoder(toy_target, head, policy=policy, top_k=2, total_tokens=6, max_depth=3)
+        dec = SpeculativeDecoder(toy_target, head, policy=policy, top_k=2, total_tokens=6, max_depth=3,
+                                 drafter=drafter)
     n = 4000
     counts = {}
     accepted_any = 0
-    rows = [OTHER if i % 4 == 3 else PROMPT for i in range(n + n // 3)]  # every 4th row another prompt
+    rows = [OTHER if i % 4 == 3 else prompt for i in range(n + n // 3)]  # every 4th row another prompt
     outs = dec.generate(rows, max_new_tokens=3, temperature=params.temperature, top_p=params.top_p,
                         top_k=params.top_k, seed=list(range(len(rows))), batch_size=64)
-    for out in [o for o, r in zip(outs, rows) if r == PROMPT]:
+    for out in [o for o, r in zip(outs, rows) if r == prompt]:
         key = tuple(out.token_ids)
         counts[key] = counts.get(key, 0) + 1
         accepted_any += out.stats.accept_lengths[0] > 1
-    joint = exact_joint(toy_target, params)
+    joint = exact_joint(toy_target, params, prompt)
     assert set(counts) <= set(joint)  # never a token outside the processed support
     # chi-square over cells, rare cells pooled so every expected count is >= 5
     cells = sorted(joint, key=joint.get, reverse=True)
@@ -112,12 +116,26 @@ def test_joint_distribution_of_first_tokens_matches_target(toy_target, params, p
     exp = [e * n / total for e in exp]
     assert chisquare(obs, exp).pvalue > 1e-3
     assert accepted_any > n * 0.05  # the draft is sometimes accepted: the acceptance path is exercised
+    return outs
 
 
 @pytest.mark.parametrize("params", [SamplingParams(temperature=0.7, top_p=0.9)], ids=["T0.7-top_p0.9"])
 def test_joint_distribution_matches_target_with_the_auto_policy(toy_target, params):
     """auto chooses depth and tree size per step from what it has seen: still exactly the target's distribution."""
     test_joint_distribution_of_first_tokens_matches_target(toy_target, params, policy="auto")
+
+
+@pytest.mark.parametrize("params", [SamplingParams(temperature=1.0)], ids=["T1"])
+def test_joint_distribution_matches_target_with_hybrid_trees(toy_target, params):
+    """Head nodes (drafted from a wrong, confident head), suffix nodes (deterministic continuations of earlier
+    occurrences in a repetitive prompt) and merged nodes in one tree: each candidate is a point mass and siblings
+    are distinct tokens, so recursive rejection sampling keeps the target's law."""
+    outs = test_joint_distribution_of_first_tokens_matches_target(toy_target, params, drafter="hybrid",
+                                                                 prompt=REPEATING)
+    steps = [s for o in outs for s in o.stats.step_stats]
+    accepted = {src for s in steps for src, ok in zip(s.node_sources, s.node_accepted) if ok}
+    assert accepted == {HEAD, SUFFIX, HEAD | SUFFIX}  # head-only, suffix-only and merged nodes were all accepted
+    assert sum(s.accepted_suffix for s in steps) > 200
 
 
 def test_seed_makes_sampling_reproducible(toy_target):
