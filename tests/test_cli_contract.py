@@ -45,6 +45,8 @@ def assert_one_line_error(code, err, *needles):
     (["--policy", "fixed", "--threshold", "-1"], ["--threshold", "'ddd' policy only"]),
     (["--policy", "plain", "--total-tokens", "12"], ["--total-tokens", "plain"]),
     (["--policy", "plain", "--head", "some/head"], ["--head", "does not apply to the 'plain' policy"]),
+    (["--policy", "plain", "--drafter", "suffix"], ["--drafter", "does not apply to the 'plain' policy"]),
+    (["--drafter", "suffix", "--head", "random"], ["--head", "does not apply to the 'suffix' drafter"]),
     (["--threads", "-1"], ["--threads", "-1"]),
     (["--threads", "0"], ["--threads", "got 0"]),
     (["--device", "tpu"], ["--device", "tpu"]),

@@ -272,3 +272,31 @@ def test_a_model_without_a_head_works_with_the_suffix_drafter(tiny_chat_model):
     assert out.token_ids == ref[0, len(ids):].tolist()
     with pytest.raises(DyndepthError, match="no draft head ships"):
         SpeculativeDecoder.from_pretrained(str(tiny_chat_model), drafter="hybrid", policy="ddd")
+
+
+def test_generate_with_the_suffix_drafter_on_a_model_without_a_head(capsys, tiny_chat_model):
+    """The command line: --drafter suffix on a model that ships no head generates (and says so in --json)."""
+    import json
+
+    from dyndepth.cli import main
+
+    code = main(["generate", "--model", str(tiny_chat_model), "--drafter", "suffix", "--dtype", "float32",
+                 "--threads", "1", "--max-new-tokens", "8", "--prompt", "one two three one two three", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["settings"]["drafter"] == "suffix" and len(doc["token_ids"]) == 8
+
+
+def test_bench_takes_the_drafter_as_a_method_setting():
+    from dyndepth.bench.methods import parse_overrides, plan_methods
+    from dyndepth.bench.tree_methods import check_settings, tree_kwargs
+
+    plans = plan_methods(["ddd", "suffix", "hybrid", "switch"], parse_overrides(["ddd.drafter=hybrid"]))
+    assert [tree_kwargs(p.settings)["drafter"] for p in plans] == ["hybrid", "suffix", "hybrid", "switch"]
+    for p in plans:
+        check_settings(p.name, p.settings)
+    with pytest.raises(DyndepthError, match="method 'ddd': setting drafter must be one of"):
+        check_settings("ddd", plan_methods(["ddd"], parse_overrides(["ddd.drafter=bogus"]))[0].settings)
+    with pytest.raises(DyndepthError, match="has no setting 'drafter'"):
+        parse_overrides(["plain.drafter=suffix"])
