@@ -2,7 +2,8 @@
 
     python scripts/suffix_bench_sets.py ../shared/data/spec_bench_tune.jsonl docs/results/suffix-bench/questions
 
-writes OUT/tune.jsonl and OUT/report.jsonl (FastChat question files for ``dyndepth bench --bench``). Each half
+writes OUT/tune.jsonl and OUT/report.jsonl (FastChat question files for ``dyndepth bench --bench``), and the
+report half again as report-a.jsonl (Spec-Bench) and report-b.jsonl (the rest), for two shorter runs. Each half
 (``dyndepth.bench.splits``: alternate questions within each category) holds:
 
 - Spec-Bench: the tuning file's half, 10 questions in each of translation, summarization, qa, math_reasoning, rag;
@@ -40,19 +41,25 @@ def half(spec_bench: Path, folder: Path, part: str) -> list[Question]:
     return out
 
 
+def write(path: Path, questions: list[Question]) -> None:
+    with open(path, "w") as fh:
+        for q in questions:
+            fh.write(json.dumps({"question_id": q.question_id, "category": q.category, "turns": list(q.turns)},
+                                ensure_ascii=False) + "\n")
+    cats: dict[str, int] = {}
+    for q in questions:
+        cats[q.category] = cats.get(q.category, 0) + 1
+    print(f"wrote {path}: {len(questions)} questions, {sum(len(q.turns) for q in questions)} turns "
+          f"({', '.join(f'{c} {n}' for c, n in cats.items())})")
+
+
 def main(spec_bench: Path, folder: Path) -> None:
     for part in PARTS:
         questions = half(spec_bench, folder, part)
-        path = folder / f"{part}.jsonl"
-        with open(path, "w") as fh:
-            for q in questions:
-                fh.write(json.dumps({"question_id": q.question_id, "category": q.category, "turns": list(q.turns)},
-                                    ensure_ascii=False) + "\n")
-        cats: dict[str, int] = {}
-        for q in questions:
-            cats[q.category] = cats.get(q.category, 0) + 1
-        print(f"wrote {path}: {len(questions)} questions, {sum(len(q.turns) for q in questions)} turns "
-              f"({', '.join(f'{c} {n}' for c, n in cats.items())})")
+        write(folder / f"{part}.jsonl", questions)
+    # the report half in two runs for the slower model: Spec-Bench's categories, and the rest
+    write(folder / "report-a.jsonl", [q for q in questions if str(q.question_id).startswith("sb-")])
+    write(folder / "report-b.jsonl", [q for q in questions if not str(q.question_id).startswith("sb-")])
 
 
 if __name__ == "__main__":
