@@ -154,6 +154,26 @@ def test_ddd_checks_the_suffix_levels_and_goes_on_past_its_max_depth():
     assert ddd.suffix_depth([1, 2, 3], [-5.0, -6.0, -7.0], 10) == 3  # never stops before the first check
 
 
+def test_auto_stops_growing_the_head_when_suffix_candidates_fill_the_budget():
+    """One budget for both sources: the same head level, alone it is worth growing deeper; next to a confident
+    20-token suffix chain (``pool.side_logp``) it is not."""
+    from dyndepth.policies import CostAwarePolicy
+    from dyndepth.policies.costs import CostModel
+
+    costs = CostModel([1, 2, 4, 8, 16, 32], [0.010, 0.0102, 0.0106, 0.0115, 0.013, 0.017], draft_base_s=0.0003,
+                      draft_level_s=0.001)
+    decisions = []
+    for side in (None, [math.log(0.95) * (d + 1) for d in range(20)]):
+        policy = CostAwarePolicy(costs=costs, max_depth=8)
+        policy.n_max = 24
+        pool = DraftPool()
+        values = torch.log(torch.tensor([0.6, 0.2, 0.1, 0.05]))
+        pool.add_level(torch.tensor([1, 2, 3, 4]), values, torch.tensor([-1] * 4))
+        pool.side_logp = None if side is None else torch.tensor(side)
+        decisions.append(policy.should_stop(1, values, pool))
+    assert decisions == [False, True]
+
+
 def test_suffix_calibration_learns_from_outcomes():
     cal = SuffixCalibration(prior_strength=8.0, update_rate=0.0001)
     before = math.exp(cal.log_g(1, 0.0))

@@ -100,7 +100,8 @@ class DraftStage:
             made = [DraftPool() for _ in head_rows]
             if self.kind == "hybrid":  # the suffix candidates count against the budget while the head grows
                 for pool, i in zip(made, head_rows):
-                    pool.side_logp = torch.tensor(scored[i].log_p, dtype=torch.float32)
+                    if len(scored[i]):
+                        pool.side_logp = torch.tensor(scored[i].log_p, dtype=torch.float32)
             inputs = [DraftInput(rows[i].draft_kv, *rows[i].take_pairs()) for i in head_rows]
             grown = grow_pools(dec.head, inputs, policy, dec.top_k, pools=made)
             table = self.head_calibration.table() if self.kind == "hybrid" else None
