@@ -42,16 +42,21 @@ def run(args) -> int:
         raise validate.OptionError("policy", policy, "must draft: the demo compares plain decoding with it (use ddd, "
                                                      "fixed or auto)")
     validate.tree_options(policy, **decoder_kwargs(args))
+    validate.drafter_head(args.drafter, args.head)
     validate.integer("max_new_tokens", args.max_new_tokens, lo=1)
     validate.device(args.device)
     apply_threads(args)
     target = Target.from_pretrained(args.model, dtype=args.dtype, device=args.device)
     validate.max_new_tokens_fit(args.max_new_tokens, target.max_context)
     head_arg = args.head
-    if head_arg is None and shipped_head(args.model) is None:
-        print(f"note: no trained head ships for {args.model}; using a random head (expect no speedup)")
-        head_arg = "random"
-    head = load_head(head_arg, args.model, target)
+    if args.drafter == "suffix":  # drafts from the text itself: no head
+        head = None
+    else:
+        if head_arg is None and shipped_head(args.model) is None:
+            print(f"note: no trained head ships for {args.model}; using a random head (expect no speedup; "
+                  f"--drafter suffix drafts without a head)")
+            head_arg = "random"
+        head = load_head(head_arg, args.model, target)
     plain = SpeculativeDecoder(target, None, policy="plain")
     ddd = SpeculativeDecoder(target, head, policy=policy, **decoder_kwargs(args))
     ids = ddd.chat_ids(args.prompt)
@@ -60,7 +65,7 @@ def run(args) -> int:
 
     print(f"model {args.model} | {args.dtype} | {args.device} | {torch.get_num_threads()} threads | "
           f"{platform.processor() or platform.machine()}")
-    print(f"head {head_arg or 'shipped'} | {ddd.describe()}")
+    print(f"head {'none' if head is None else head_arg or 'shipped'} | {ddd.describe()}")
     print(f"prompt: {args.prompt}\n")
     a = plain.generate(ids, max_new_tokens=args.max_new_tokens, temperature=0.0)
     b = ddd.generate(ids, max_new_tokens=args.max_new_tokens, temperature=0.0)
