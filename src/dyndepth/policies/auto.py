@@ -140,7 +140,7 @@ class CostAwarePolicy(DepthPolicy):
         n = torch.arange(count, dtype=torch.float32)
         if b <= 1.0:
             return self.costs.verify_curve(max(count, 1))[:count]
-        t = self.costs.verify_time(b + n)
+        t = self.costs.verify_time(b + n, rows=self._rows)
         return t - t[0] + self.costs.verify_time(torch.ones(1))[0]
 
     def _draft_share(self, levels: int) -> float:
@@ -259,7 +259,7 @@ class CostAwarePolicy(DepthPolicy):
         cum = torch.cumsum(torch.tensor([0.0] + picked), 0)  # [m + 1]
         expected = len(pools) + cum
         seconds = self.costs.draft_time(max(p.depth for p in pools)) + \
-            self.costs.verify_time(base + torch.arange(len(picked) + 1, dtype=torch.float32))
+            self.costs.verify_time(base + torch.arange(len(picked) + 1, dtype=torch.float32), rows=len(pools))
         lam = self.run_rate if self.objective == "run" else None
         score = expected / seconds if lam is None else expected - lam * seconds
         k = int(torch.argmax(score))
@@ -292,7 +292,8 @@ class CostAwarePolicy(DepthPolicy):
         depth = max(s.depth for s in steps)
         tokens = first.batch_tokens if len(steps) > 1 or first.batch_rows > 1 else first.tree_size
         if self.costs is not None and depth > 0:
-            self.costs.observe(max(tokens, first.tree_size), first.verify_time_s, depth, first.draft_time_s)
+            self.costs.observe(max(tokens, first.tree_size), first.verify_time_s, depth, first.draft_time_s,
+                               rows=first.batch_rows)
         seconds = first.draft_time_s + first.verify_time_s
         if seconds > 0:  # the run rate's running means (started at the first step, then EMA)
             a = self.cost_update_rate if self._seconds > 0 else 1.0
