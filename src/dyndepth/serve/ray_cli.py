@@ -9,6 +9,7 @@ between the replicas) and is also each replica's ``num_cpus``. The app is ``ray_
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -48,14 +49,15 @@ def run_ray(args) -> int:
         options["draft_top_k"] = options.pop("tree_top_k")
     app = ray_app.build_app(options, num_replicas=args.replicas)  # every check before Ray starts
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     log = {"logging_level": args.log_level.upper(), "log_to_driver": args.log_level in ("info", "debug")}
+    logging.getLogger("ray.serve").setLevel(args.log_level.upper())
     if local:
         ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, **log)
     else:
         ray.init(address=args.ray_address, **log)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs a handler that aborts
+        signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": args.host, "port": args.port},
                     proxy_location="HeadOnly" if local else "EveryNode")
