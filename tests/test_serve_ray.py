@@ -5,6 +5,7 @@ teardown checks that none is left). Every answer is compared with ``SpeculativeD
 greedy float32 is exact, so a replica's text must equal it token for token.
 
 - concurrent streams equal their offline answers, and both replicas serve them;
+- a client that leaves a stream cancels its generation on the replica;
 - a replica process killed (SIGKILL) with a stream and a whole request on it: both end with a clean 503 error
   (the stream with an error event and [DONE], never a cut that looks finished), the other replica's two
   requests complete exactly, and Ray brings the replica back, which then serves;
@@ -401,6 +402,40 @@ def test_concurrent_streams_equal_offline_answers_and_both_replicas_serve(cluste
     assert sum(replica_series(url, "dyndepth_replica_requests_running").values()) == 0
 
 
+def engine_stats() -> dict[str, dict]:
+    """replica id -> DyndepthEngine.stats() of every engine replica (the router picks one per call)."""
+    from ray import serve
+
+    from dyndepth.serve.ray_app import APP_NAME
+
+    handle = serve.get_deployment_handle("DyndepthEngine", app_name=APP_NAME)
+    seen: dict[str, dict] = {}
+    for _ in range(100):  # two replicas: both are seen in a few calls
+        s = handle.stats.remote().result(timeout_s=60)
+        seen[s["replica"]] = s
+        if len(seen) == 2:
+            break
+    return seen
+
+
+def test_a_client_that_disconnects_cancels_its_generation_on_the_replica(cluster):
+    url, _ = cluster
+    before = {r: s["cancelled"] for r, s in engine_stats().items()}
+    stream = Stream(url, LONG[0], max_tokens=400)
+    stream.stop_after = 3  # the role chunk and two steps, then the client leaves
+    stream.start()
+    stream.join(120)
+    assert stream.end == "left" and len(stream.events) == 3
+
+    def cancelled_and_idle():
+        now = engine_stats()
+        return (sum(s["cancelled"] - before.get(r, 0) for r, s in now.items()) == 1
+                and all(s["running"] == s["waiting"] == 0 for s in now.values()))
+
+    wait_until(cancelled_and_idle, 30, "the replica to cancel the generation of the client that left")
+    assert sum(replica_series(url, "dyndepth_replica_requests_running").values()) == 0
+
+
 class Stream(threading.Thread):
     """A streamed chat read event by event, recording whether it ended with [DONE], an error or a cut."""
 
@@ -408,6 +443,7 @@ class Stream(threading.Thread):
         super().__init__(daemon=True)
         self.url, self.prompt, self.max_tokens, self.events, self.end = url, prompt, max_tokens, [], None
         self.started = threading.Event()
+        self.stop_after = None  # leave (close the connection) after this many events
 
     def run(self):
         host, port = self.url.removeprefix("http://").split(":")
@@ -432,6 +468,9 @@ class Stream(threading.Thread):
             self.events.append(json.loads(line[5:]))
             if len(self.events) >= 3:  # the role chunk and two steps: it is running on a replica
                 self.started.set()
+            if len(self.events) == self.stop_after:
+                self.end = "left"
+                break
         self.started.set()
         conn.close()
 

@@ -97,12 +97,18 @@ class DyndepthEngine:
         # The router sends at most max_ongoing_requests jobs, far fewer than this: the queue that can fill
         # up, and answer 429, is the ingress's
         self.engine = make_engine(build_decoder(args), args, REPLICA_QUEUE)
+        self.cancelled = 0  # jobs whose call the ingress cancelled (client gone, timeout)
 
     def spec(self) -> dict:
         """What the ingress needs to tokenise, check and describe without the model."""
         p = self.engine.prompts
         return {"tokenizer": p.tokenizer, "max_context": p.max_context, "tree_tokens": p.tree_tokens,
                 "vocab_size": p.vocab_size, "describe": self.engine.describe(), "replica": self.replica}
+
+    def stats(self) -> dict:
+        """This replica's engine: jobs running and waiting, and jobs cancelled by the ingress so far."""
+        return {"replica": self.replica, "running": self.engine.running, "waiting": self.engine.waiting,
+                "cancelled": self.cancelled}
 
     async def generate(self, job):
         """The job's events, as ``ray_engine`` describes them; cancelling this call cancels the job."""
@@ -114,6 +120,7 @@ class DyndepthEngine:
         except errors.APIError as exc:
             yield _failed(exc)
             return
+        ended = False
         try:
             yield ("accepted", self.replica)
             first = True
@@ -122,11 +129,12 @@ class DyndepthEngine:
                     waited = handle.started - handle.submitted if first and handle.started else None
                     first = False
                     yield ("step", event.token_ids, event.text, event.step, waited)
-                elif isinstance(event, Done):
-                    yield ("done", event.stats)
                 else:
-                    yield _failed(event.error)
-        finally:  # the ingress cancelled the call (client gone, timeout) or the job ended
+                    ended = True
+                    yield ("done", event.stats) if isinstance(event, Done) else _failed(event.error)
+        finally:  # the job ended, or the ingress cancelled the call (client gone, timeout): end the job
+            if not ended:
+                self.cancelled += 1
             handle.cancel()
 
     def check_health(self) -> None:
