@@ -185,6 +185,19 @@ def test_remote_engine_queue_timeout_cancel_and_a_stream_without_an_end():
                                              "code": "invalid_value"}}
 
 
+def test_engine_replica_health_check_fails_once_its_engine_has_stopped():
+    from types import SimpleNamespace
+
+    from dyndepth.serve.ray_app import DyndepthEngine
+
+    replica = object.__new__(DyndepthEngine.func_or_class)  # the class Ray runs, without loading a model
+    replica.engine = SimpleNamespace(alive=True, close=lambda: None)
+    replica.check_health()  # healthy: no exception
+    replica.engine.alive = False
+    with pytest.raises(RuntimeError, match="worker thread has stopped"):
+        replica.check_health()
+
+
 # -- model-free: the config file and the options ------------------------------------------------------------
 def test_documented_config_is_a_valid_serve_config_and_builds():
     import yaml
