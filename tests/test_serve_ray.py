@@ -49,6 +49,7 @@ ENGINE = "ServeReplica:dyndepth:DyndepthEngine"  # the process title Ray gives a
 # Ray's own traffic on loopback only (without the first, Ray reaches its processes at the machine's address),
 # and no usage report
 LOOPBACK_RAY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+OFFLINE_TOKENS: dict[str, int] = {}  # prompt -> tokens of its offline answer (filled by the cluster fixture)
 START_TIMEOUT_S, RESTART_TIMEOUT_S = 300, 180  # bounds for a loaded 2-core machine; normally ~40 s and ~20 s
 
 
@@ -304,12 +305,14 @@ def cluster(decoder):
     from dyndepth.serve.ray_app import APP_NAME, build_app
 
     offline: dict[str, str] = {}
+    offline_tokens: dict[str, int] = {}
 
     def answers():  # in a thread of its own, like the server's worker (see test_serve.py)
         for prompts, n in ((SHORT, SHORT_TOKENS), (LONG, LONG_TOKENS)):
             for p in prompts:
                 g = decoder.generate(decoder.chat_ids(p), max_new_tokens=n)
                 offline[p] = g.text
+                offline_tokens[p] = len(g.token_ids)
                 assert n != LONG_TOKENS or len(g.token_ids) == n, f"{p!r} ends before {n} tokens"
 
     worker = threading.Thread(target=answers, daemon=True)
@@ -334,6 +337,7 @@ def cluster(decoder):
         worker.join(START_TIMEOUT_S)
         assert len(offline) == len(SHORT) + len(LONG), "the offline generations failed (see the traceback above)"
         assert len(engine_pids()) == 2
+        OFFLINE_TOKENS.update(offline_tokens)
         yield f"http://127.0.0.1:{port}", offline
     finally:
         try:
@@ -386,6 +390,13 @@ def replica_series(url, name: str) -> dict[str, float]:
             if s.name == name}
 
 
+def metric_total(url, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, text, _ = raw(url, "GET", "/metrics")
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
 def wait_until(predicate, timeout, what):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -396,6 +407,7 @@ def wait_until(predicate, timeout, what):
 def test_concurrent_streams_equal_offline_answers_and_both_replicas_serve(cluster):
     url, offline = cluster
     prompts = SHORT * 2  # 4 streams, 2 per replica at most (max_ongoing_requests 2): both replicas must serve
+    tokens_before = metric_total(url, "vllm:generation_tokens_total")
     got: dict[int, str] = {}
 
     def ask(i, p):
@@ -412,6 +424,8 @@ def test_concurrent_streams_equal_offline_answers_and_both_replicas_serve(cluste
     assert [got.get(i) for i in range(len(prompts))] == [offline[p] for p in prompts]
     served = replica_series(url, "dyndepth_replica_requests_total")
     assert len(served) == 2 and all(n >= 1 for n in served.values()), served
+    # /metrics counts the tokens both replicas generated
+    assert metric_total(url, "vllm:generation_tokens_total") - tokens_before == sum(OFFLINE_TOKENS[p] for p in prompts)
     assert sum(replica_series(url, "dyndepth_replica_requests_running").values()) == 0
 
 
