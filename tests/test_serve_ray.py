@@ -319,7 +319,8 @@ def cluster(decoder):
     worker.start()
     saved = {k: os.environ.get(k) for k in LOOPBACK_RAY}
     os.environ.update(LOOPBACK_RAY)  # Ray's own processes inherit these
-    cluster_mode, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False  # read at import: this process imported Ray already
+    # read when Ray is imported, and this process imported it already
+    cluster_mode, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     port = _free_port()
     ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, logging_level="WARNING",

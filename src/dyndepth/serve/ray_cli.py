@@ -41,8 +41,9 @@ def run_ray(args) -> int:
             args.threads = max(1, cores // args.replicas)
         validate.threads(args.threads)
     if local and args.device == "cpu" and args.replicas * args.threads > cores:
-        raise DyndepthError(f"--replicas {args.replicas} x --threads {args.threads} needs {args.replicas * args.threads} "
-                            f"CPUs; this machine has {cores} (lower --threads or --replicas)")
+        raise DyndepthError(f"--replicas {args.replicas} x --threads {args.threads} needs "
+                            f"{args.replicas * args.threads} CPUs; this machine has {cores} (lower --threads or "
+                            f"--replicas)")
     options = {k: v for k, v in vars(args).items() if k not in CLI_ONLY and v not in (None, [])}
     # the dest names of the decoder options are not all their flags' names
     if "tree_top_k" in options:
