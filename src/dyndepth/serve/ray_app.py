@@ -7,8 +7,9 @@
 Two deployments (docs/SCALING.md):
 
     DyndepthEngine   N replicas (num_replicas or autoscaling_config); each loads the model and owns one
-                     ``worker.Engine``; ``max_ongoing_requests`` = twice the engine's batch by default (a batch
-                     running, a batch ready to start; Ray's default of 5 would cap a larger batch)
+                     ``worker.Engine`` (the continuous-batching engine, --max-batch-size rows);
+                     ``max_ongoing_requests`` = twice its batch by default (a batch running, a batch ready to
+                     start; Ray's default of 5 would cap a batch of 8)
     DyndepthIngress  the HTTP app of ``dyndepth serve`` itself (``create_app``: routes, checks, API key, error
                      bodies, SSE, the page, /metrics) over a ``RemoteEngine`` that sends each job to an engine
                      replica through Ray's router; it holds no model
@@ -21,7 +22,7 @@ body or a stream's error event (``ray_engine.py``). Both take the options of ``d
 from __future__ import annotations
 
 import argparse
-import inspect
+import collections
 import os
 
 from ray import serve
@@ -33,7 +34,7 @@ APP_NAME = "dyndepth"
 NOT_IN_ARGS = {"host": "http_options.host", "port": "http_options.port", "log_level": "logging_config",
                "replicas": "num_replicas of DyndepthEngine", "ray_address": "the cluster you deploy to"}
 INGRESS_MAX_ONGOING = 1024
-REPLICA_QUEUE = 1024  # concurrent client connections the ingress takes (Ray's default 5 would cap them)
+REPLICA_QUEUE = 4096  # concurrent client connections the ingress takes (Ray's default 5 would cap them)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,6 +45,7 @@ class _Parser(argparse.ArgumentParser):
 def parse_options(options: dict) -> argparse.Namespace:
     """The options of ``dyndepth serve`` from a dict (``{"model": ..., "draft_top_k": 4}``), checked like the
     command line's; ``api_key`` defaults to ``$DYNDEPTH_API_KEY`` of the process that reads them."""
+    from dyndepth.options import check_decoder_options
     from dyndepth.serve.cli import check_server_options, register
 
     argv = ["serve"]
@@ -60,6 +62,10 @@ def parse_options(options: dict) -> argparse.Namespace:
     if args.api_key is None:
         args.api_key = os.environ.get("DYNDEPTH_API_KEY") or None
     check_server_options(args)
+    # the model-free decoder checks; --threads is checked against the cores where a replica runs, not here
+    check_decoder_options(argparse.Namespace(**{**vars(args), "threads": None}))
+    if args.threads is not None and args.threads < 1:
+        raise DyndepthError(f"dyndepth Ray app: threads must be >= 1, got {args.threads}")
     return args
 
 
@@ -72,17 +78,10 @@ def settings_from(args):
 
 
 def batch_size(args) -> int:
-    """The engine's batch: ``max_batch_size`` once the batched engine has it, else 1."""
-    return int(getattr(args, "max_batch_size", None) or 1)
+    """The engine's batch: --max-batch-size, else the engine's default for the device (8 on a CPU)."""
+    from dyndepth.engine.scheduler import DEFAULT_MAX_BATCH
 
-
-def make_engine(decoder, args, max_queue: int):
-    from dyndepth.serve.worker import Engine
-
-    kwargs = {}
-    if "max_batch_size" in inspect.signature(Engine).parameters and getattr(args, "max_batch_size", None):
-        kwargs["max_batch_size"] = args.max_batch_size
-    return Engine(decoder, max_queue=max_queue, **kwargs).start()
+    return int(args.max_batch_size or DEFAULT_MAX_BATCH["cuda" if args.device.startswith("cuda") else "cpu"])
 
 
 @serve.deployment(name="DyndepthEngine", health_check_period_s=10, health_check_timeout_s=30)
@@ -90,14 +89,22 @@ class DyndepthEngine:
     """One engine replica: the model, its draft head and one ``worker.Engine``."""
 
     def __init__(self, options: dict):
+        from dyndepth import validate
         from dyndepth.options import build_decoder
+        from dyndepth.serve.worker import Engine
 
         args = parse_options(options)
         self.replica = serve.get_replica_context().replica_id.unique_id
-        # The router sends at most max_ongoing_requests jobs, far fewer than this: the queue that can fill
-        # up, and answer 429, is the ingress's
-        self.engine = make_engine(build_decoder(args), args, REPLICA_QUEUE)
+        decoder = build_decoder(args)
+        validate.max_new_tokens_fit(args.default_max_tokens, decoder.target.max_context, option="--default-max-tokens")
+        # The router sends at most max_ongoing_requests jobs, far fewer than REPLICA_QUEUE: the queue that can
+        # fill up, and answer 429, is the ingress's
+        self.engine = Engine(decoder, max_queue=REPLICA_QUEUE, max_batch_size=args.max_batch_size,
+                             prefill_chunk=args.prefill_chunk).start()
         self.cancelled = 0  # jobs whose call the ingress cancelled (client gone, timeout)
+        # each engine step's (rows, tokens), sent to the ingress with the next event of any job (its metrics)
+        self._steps: collections.deque = collections.deque()
+        self.engine.listen(lambda rows, tokens: self._steps.append((rows, tokens)))
 
     def spec(self) -> dict:
         """What the ingress needs to tokenise, check and describe without the model."""
@@ -125,6 +132,8 @@ class DyndepthEngine:
             yield ("accepted", self.replica)
             first = True
             async for event in handle:
+                if self._steps:
+                    yield ("batch", [self._steps.popleft() for _ in range(len(self._steps))])
                 if isinstance(event, Step):
                     waited = handle.started - handle.submitted if first and handle.started else None
                     first = False

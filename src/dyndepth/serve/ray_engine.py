@@ -10,6 +10,8 @@ the replica streams the job's events back:
     ("step", token_ids, text, StepStats|None, waited_s)   waited_s: engine queue time, on the first step only
     ("done", GenerationStats)
     ("failed", status, message, type, param, code)
+    ("batch", [(rows, tokens), ...])            the replica's engine steps since the last such event (any job's
+                                                stream carries them once), for the batch metrics
 
 The handle turns them back into ``Step`` / ``Done`` / ``Failed``, stamped with this process's clock (the
 metrics subtract times, and the replica may be on another machine). A replica that dies (its process killed,
@@ -63,6 +65,7 @@ class RemoteEngine:
         self._running: set[RemoteHandle] = set()  # taken by a replica, not finished
         self._closing = False
         self._lost = _ray_errors()
+        self._listeners: list = []
 
     @property
     def alive(self) -> bool:
@@ -78,6 +81,10 @@ class RemoteEngine:
 
     def describe(self) -> dict:
         return dict(self._describe)
+
+    def listen(self, callback) -> None:
+        """``callback(rows, tokens)`` for every engine step of every replica (the app's batch metrics)."""
+        self._listeners.append(callback)
 
     def submit(self, job: Job) -> "RemoteHandle":
         if self._closing:
@@ -155,7 +162,7 @@ class RemoteHandle:
                 event = Failed(errors.internal(exc))
             else:
                 event = self._event(item)
-                if event is None:  # the replica's "accepted"
+                if event is None:  # the replica's "accepted" or "batch"
                     continue
             if isinstance(event, (Done, Failed)):
                 self._finished = True
@@ -171,6 +178,11 @@ class RemoteHandle:
             self._engine._running.add(self)
             if self._engine.replica_metrics:
                 self._engine.replica_metrics.accepted(self.replica)
+            return None
+        if kind == "batch":
+            for rows, tokens in item[1]:
+                for callback in self._engine._listeners:
+                    callback(rows, tokens)
             return None
         if kind == "step":
             _, token_ids, text, step, waited = item
