@@ -64,10 +64,11 @@ def test_ddd_and_fixed_equal_transformers_greedy(decoders, references):
 
 
 def test_batched_rows_equal_transformers_greedy(decoders, references):
-    """Every row of a batch of 6 (the 20 prompts join as rows finish) equals the prompt's greedy answer alone."""
-    prompts = [ids for ids, _ in references]
+    """Every row of a batch of 4 (10 prompts joining as rows finish) equals the prompt's greedy answer alone."""
+    refs = references[:10]
+    prompts = [ids for ids, _ in refs]
     target = decoders["ddd"].target
     for dec in (decoders["ddd"], SpeculativeDecoder(target, None, policy="plain")):
-        outs = dec.generate(prompts, max_new_tokens=MAX_NEW, batch_size=6)
-        assert [i for i, (o, (_, ref)) in enumerate(zip(outs, references)) if o.token_ids != ref] == []
-        assert max(s.batch_rows for o in outs for s in o.stats.step_stats) == 6
+        outs = dec.generate(prompts, max_new_tokens=MAX_NEW, batch_size=4)
+        assert [i for i, (o, (_, ref)) in enumerate(zip(outs, refs)) if o.token_ids != ref] == []
+        assert max(s.batch_rows for o in outs for s in o.stats.step_stats) == 4
