@@ -6,8 +6,9 @@ Each variant is ``KIND:DTYPE`` with KIND one of
   eager        Target as today;
   upcast       float32 compute of a bf16/fp16 checkpoint (apply_fast_path(upcast=True, fuse=False));
   fuse         fused q/k/v and gate/up projections only (no upcast);
-  fast         apply_fast_path defaults (upcast where the CPU has no native bf16 matmul, fused projections);
-  fastpack     fast plus oneDNN-prepacked multi-row linears;
+  fast         apply_fast_path's defaults (float32 compute where the CPU has no native bf16 matmul);
+  fastfuse     fast plus fused projections;
+  fastpack     fast plus fused projections and oneDNN-prepacked multi-row linears;
   compile      the static-cache engine under torch.compile (``TORCHINDUCTOR_FREEZING=1`` and
                ``TORCHINDUCTOR_CPP_WRAPPER=1`` in the environment select inductor's freezing / cpp wrapper).
 The first variant is the baseline. Questions: ``--n`` first turns each of MT-bench and HumanEval (chat
@@ -37,7 +38,7 @@ from dyndepth.decoder import SpeculativeDecoder  # noqa: E402
 from dyndepth.fastpath import apply_fast_path, fast_path_calls  # noqa: E402
 from dyndepth.target import Target  # noqa: E402
 
-KINDS = ("eager", "upcast", "fuse", "fast", "fastpack", "compile")
+KINDS = ("eager", "upcast", "fuse", "fast", "fastfuse", "fastpack", "compile")
 
 
 def build(model: str, spec: str, cache: dict) -> tuple[Target, str]:
@@ -50,8 +51,8 @@ def build(model: str, spec: str, cache: dict) -> tuple[Target, str]:
     if kind == "compile":
         return target.variant(static_cache=True, compile=True), "static cache + torch.compile" + (
             " (freezing)" if os.environ.get("TORCHINDUCTOR_FREEZING") == "1" else "")
-    options = {"upcast": dict(upcast=True, fuse=False), "fuse": dict(upcast=False),
-               "fast": {}, "fastpack": dict(pack=True)}[kind]
+    options = {"upcast": dict(upcast=True), "fuse": dict(upcast=False, fuse=True), "fast": {},
+               "fastfuse": dict(fuse=True), "fastpack": dict(fuse=True, pack=True)}[kind]
     name = apply_fast_path(target.model, target.dtype, **options)
     return Target(target.model, target.tokenizer), name
 

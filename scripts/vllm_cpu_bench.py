@@ -45,7 +45,11 @@ def main() -> None:
     ap.add_argument("--ngram", type=int, default=0, help="n-gram speculation with this many draft tokens (0: off)")
     ap.add_argument("--lookup-max", type=int, default=4)
     ap.add_argument("--lookup-min", type=int, default=2)
-    ap.add_argument("--max-model-len", type=int, default=4096)
+    ap.add_argument("--max-model-len", type=int, default=2048)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=512,
+                    help="vLLM's start-up profiling run is a forward of this many tokens: on a CPU without native "
+                         "bf16 matmul a large one takes tens of minutes (prompts here are shorter; chunked prefill)")
+    ap.add_argument("--max-num-seqs", type=int, default=4, help="batch 1 here: a small sampler warm-up")
     ap.add_argument("--json", help="write the summary here")
     args = ap.parse_args()
 
@@ -59,7 +63,7 @@ def main() -> None:
                 "prompt_lookup_min": args.lookup_min}
     began = time.perf_counter()
     llm = LLM(model=args.model, dtype=args.dtype, max_model_len=args.max_model_len, speculative_config=spec,
-              seed=0)
+              max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs, seed=0)
     startup = time.perf_counter() - began
     tok = llm.get_tokenizer()
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)

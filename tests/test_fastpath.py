@@ -33,14 +33,14 @@ def one_thread():  # tiny models on a shared 2-core machine
 
 @pytest.fixture
 def fast_models(monkeypatch):
-    """Every tiny target built through tiny_models goes through apply_fast_path(pack=True); yields
+    """Every tiny target built through tiny_models goes through apply_fast_path(fuse=True, pack=True); yields
     [(name, model)] of each one built."""
     made = []
     real = tiny_models.tiny_target
 
     def fast_target(arch, seed=0, dtype=torch.float32):
         model = real(arch, seed, dtype).model
-        made.append((apply_fast_path(model, pack=True), model))
+        made.append((apply_fast_path(model, fuse=True, pack=True), model))
         return Target(model, tokenizer=None, **tiny_models.ENGINE)
 
     monkeypatch.setattr(tiny_models, "tiny_target", fast_target)
@@ -58,6 +58,23 @@ def test_greedy_matches_plain_greedy_on_the_fast_path(fast_models, arch, policy,
     assert calls["fused"] > 0 and calls["packed"] > 0  # prefill and trees are multi-row forwards
 
 
+def test_default_fast_path_on_a_bf16_checkpoint(monkeypatch):
+    """The default on a CPU without native bf16 matmul: a bf16 target computes in float32, head included, and
+    speculative greedy output equals greedy generate of that model."""
+    monkeypatch.setattr(fastpath, "native_half_matmul", lambda dtype: False)
+    made = []
+    real = tiny_models.tiny_target
+
+    def bf16_target(arch, seed=0, dtype=torch.float32):
+        model = real(arch, seed, torch.bfloat16).model
+        made.append(apply_fast_path(model))
+        return Target(model, tokenizer=None, **tiny_models.ENGINE)
+
+    monkeypatch.setattr(tiny_models, "tiny_target", bf16_target)
+    test_exactness_tiny.test_greedy_matches_transformers("qwen2", "ddd", DDD)
+    assert made == ["cpu: float32 compute (bfloat16 weights upcast: no native bfloat16 matmul on this CPU)"]
+
+
 def test_deep_accepted_paths_on_the_fast_path(fast_models):
     """An accepting oracle draft: whole 12-node trees verified and multi-token commits, fast path throughout."""
     test_exactness_tiny.test_greedy_matches_with_accepting_oracle_draft("llama", 0.0)
@@ -69,7 +86,7 @@ toy_target = test_sampling.toy_target  # the module-scoped fixture of tests/test
 
 @pytest.fixture(scope="module")
 def fast_toy_target(toy_target):
-    name = apply_fast_path(toy_target.model, pack=True)
+    name = apply_fast_path(toy_target.model, fuse=True, pack=True)
     assert "fused" in name
     return Target(toy_target.model)
 
@@ -86,7 +103,7 @@ def test_sampling_keeps_the_target_distribution_on_the_fast_path(fast_toy_target
 def test_fused_sibling_on_another_input_computes_its_own_rows():
     target = tiny_models.tiny_target("qwen2")
     attn = target.model.model.layers[0].self_attn
-    apply_fast_path(target.model)
+    apply_fast_path(target.model, fuse=True)
     x, other = torch.randn(1, 3, 64), torch.randn(1, 3, 64)
     with torch.no_grad():
         q = attn.q_proj(x)  # computes q, k and v of x
@@ -102,7 +119,7 @@ def test_parameters_and_state_dict_are_unchanged():
     target = tiny_models.tiny_target("llama")
     before = {k: v.clone() for k, v in target.model.state_dict().items()}
     count = sum(p.numel() for p in target.model.parameters())
-    apply_fast_path(target.model, pack=True)
+    apply_fast_path(target.model, fuse=True, pack=True)
     after = target.model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert sum(p.numel() for p in target.model.parameters()) == count
@@ -113,23 +130,25 @@ def test_upcast_is_exact_and_follows_the_cpu(monkeypatch):
     monkeypatch.setattr(fastpath, "native_half_matmul", lambda dtype: False)
     model = tiny_models.tiny_target("llama", dtype=torch.bfloat16).model
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    name = apply_fast_path(model, fuse=False)
-    assert name.startswith("cpu: float32 compute") and "no native bfloat16 matmul" in name
+    name = apply_fast_path(model)  # the defaults: only the upcast
+    assert name == "cpu: float32 compute (bfloat16 weights upcast: no native bfloat16 matmul on this CPU)"
     after = model.state_dict()
     assert all(v.dtype == torch.float32 and torch.equal(v, before[k].float()) for k, v in after.items())
 
     monkeypatch.setattr(fastpath, "native_half_matmul", lambda dtype: True)
     model = tiny_models.tiny_target("llama", dtype=torch.bfloat16).model
-    name = apply_fast_path(model, pack=True)
-    assert next(model.parameters()).dtype == torch.bfloat16 and "float32" not in name.split("+")[0]
-    assert "no packing (needs float32)" in name
+    name = apply_fast_path(model, pack=True)  # native bf16: no upcast, and packing needs float32
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert name == "eager (no packing: it needs float32)"
 
 
 def test_clean_fallbacks():
     meta = tiny_models.tiny_target("llama").model.to("meta")
     assert apply_fast_path(meta) == "eager (not a CPU model)"
     model = tiny_models.tiny_target("llama").model
-    apply_fast_path(model)
+    apply_fast_path(model, fuse=True)
     with pytest.raises(DyndepthError, match="already applied"):
         apply_fast_path(model)
-    assert apply_fast_path(torch.nn.Linear(2, 2), fuse=False) == "eager (nothing applies to this model)"
+    assert apply_fast_path(torch.nn.Linear(2, 2)) == "eager (nothing applies to this model)"
+    float32 = tiny_models.tiny_target("llama").model
+    assert apply_fast_path(float32) == "eager (nothing applies to this model)"  # the defaults on float32

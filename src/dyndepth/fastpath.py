@@ -1,7 +1,7 @@
 """A faster target forward on CPUs, applied to a loaded Hugging Face model in one call: ``apply_fast_path``.
 
-Three independent pieces, each by module swapping (no patched modeling code), each chosen from measurements
-(docs/FASTPATH.md; scripts/fastpath_ab.py is the paired A/B):
+Three independent pieces, each by module swapping or an in-place cast (no patched modeling code), measured
+in docs/FASTPATH.md (scripts/fastpath_ab.py is the paired A/B); only the first is on by default:
 
 - **float32 compute where the CPU has no bfloat16/float16 matmul** (``upcast``). Without AVX512-BF16 or AMX,
   PyTorch's bf16 matmul runs a scalar-ish fallback: a bf16 model's 12- or 24-row tree forward costs 2-4x its
@@ -16,7 +16,8 @@ Three independent pieces, each by module swapping (no patched modeling code), ea
   ``torch.ops.mkldnn._linear_pointwise`` on a weight reordered once; one-row forwards (plain decoding) keep
   MKL's GEMV on the plain weight, which is faster for one row. Costs a second copy of every packed weight.
 
-``apply_fast_path`` returns a short name of what ran (e.g. ``"cpu: float32 compute + fused qkv/gate-up"``),
+``apply_fast_path`` returns a short name of what ran (e.g. ``"cpu: float32 compute (bfloat16 weights upcast:
+no native bfloat16 matmul on this CPU)"``),
 or ``"eager (...)"`` with the reason when nothing applies. Apply it before wrapping the model in a Target
 (the Target reads the model's dtype) and before binding a draft head.
 """
@@ -153,12 +154,14 @@ def pack_linears(decoder: nn.Module) -> int:
 
 
 def apply_fast_path(model: nn.Module, dtype: torch.dtype | None = None, *, upcast: bool | None = None,
-                    fuse: bool = True, pack: bool = False) -> str:
+                    fuse: bool = False, pack: bool = False) -> str:
     """Make a loaded causal LM's forward faster on this CPU, in place -> the name of what ran.
 
     dtype: the model's dtype (default: its first parameter's). upcast: compute in float32 (None: exactly when
     ``dtype`` is bf16/fp16 and the CPU has no native matmul for it). fuse: fused q/k/v and gate/up
-    projections. pack: oneDNN-prepacked weights for multi-row forwards (float32, costs a weight copy).
+    projections; pack: oneDNN-prepacked weights for multi-row forwards (float32, costs a weight copy). Both are
+    off by default: exact, but neither beat eager by a clear margin on the 2-core AVX2 machine of the study
+    (docs/FASTPATH.md); the upcast did (2-4x on a bf16 checkpoint).
     Where nothing applies the model is left as it is and the name says why."""
     params = list(model.parameters())
     if not params:
@@ -181,11 +184,14 @@ def apply_fast_path(model: nn.Module, dtype: torch.dtype | None = None, *, upcas
     can_pack = pack and dtype == torch.float32 and mkldnn_packing_available()
     if fuse and fuse_projections(decoder, pack=can_pack):
         steps.append("fused qkv/gate-up")
+    notes = []
     if can_pack and pack_linears(decoder) + sum(isinstance(m, FusedPart) for m in decoder.modules()):
         steps.append("oneDNN-prepacked multi-row linears")
     elif pack and not can_pack:
-        steps.append("no packing (" + ("needs float32" if dtype != torch.float32 else "no oneDNN in this torch") + ")")
-    return "cpu: " + " + ".join(steps) if steps else "eager (nothing applies to this model)"
+        notes.append("no packing: " + ("it needs float32" if dtype != torch.float32 else "no oneDNN in this torch"))
+    if not steps:
+        return f"eager ({'; '.join(notes) or 'nothing applies to this model'})"
+    return "cpu: " + " + ".join(steps) + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def fast_path_calls(model: nn.Module) -> dict[str, int]:
