@@ -41,7 +41,7 @@ from dyndepth.target import Target  # noqa: E402
 KINDS = ("eager", "upcast", "fuse", "fast", "fastfuse", "fastpack", "compile")
 
 
-def build(model: str, spec: str, cache: dict) -> tuple[Target, str]:
+def build(model: str, spec: str) -> tuple[Target, str]:
     kind, dtype = spec.split(":")
     if kind not in KINDS:
         raise SystemExit(f"unknown variant kind {kind!r}; choose from {KINDS}")
@@ -79,7 +79,7 @@ def main() -> None:
     names = args.variants
     decs, labels, warm = {}, {}, {}
     for spec in names:
-        target, label = build(args.model, spec, {})
+        target, label = build(args.model, spec)
         decs[spec], labels[spec] = SpeculativeDecoder(target, None, policy="plain"), label
     prompt = decs[names[0]].chat_ids("Hello, write a haiku.")
     for spec in names:  # warm-up (compiles: every tree bucket too)
