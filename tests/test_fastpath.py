@@ -152,3 +152,25 @@ def test_clean_fallbacks():
     assert apply_fast_path(torch.nn.Linear(2, 2)) == "eager (nothing applies to this model)"
     float32 = tiny_models.tiny_target("llama").model
     assert apply_fast_path(float32) == "eager (nothing applies to this model)"  # the defaults on float32
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_from_pretrained_applies_it_and_says_what_ran(monkeypatch, capsys, smollm2_path, native):
+    """A bf16 zoo model: float32 compute where the CPU has no bf16 matmul (else bf16 as loaded), named in describe()
+    and in `generate --json`; fast_path=False keeps eager."""
+    from dyndepth.cli import main
+    from dyndepth.decoder import SpeculativeDecoder
+
+    monkeypatch.setattr(fastpath, "native_half_matmul", lambda dtype: native)
+    dec = SpeculativeDecoder.from_pretrained(str(smollm2_path), dtype="bfloat16", policy="plain")
+    d = dec.describe()
+    assert d["dtype"] == ("torch.bfloat16" if native else "torch.float32")
+    assert d["forward"].startswith("eager (" if native else "cpu: float32 compute (bfloat16 weights upcast")
+    off = SpeculativeDecoder.from_pretrained(str(smollm2_path), dtype="bfloat16", policy="plain", fast_path=False)
+    assert off.describe()["forward"] == "eager (fast_path=False)" and off.target.dtype == torch.bfloat16
+    assert main(["generate", "--model", str(smollm2_path), "--policy", "plain", "--prompt", "hi", "--threads", "1",
+                 "--max-new-tokens", "2", "--json"]) == 0
+    import json
+
+    out = json.loads(capsys.readouterr().out)
+    assert out["settings"]["forward"] == d["forward"]
