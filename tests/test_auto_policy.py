@@ -248,16 +248,25 @@ def test_auto_is_lossless_and_varies_the_tree(arch):
 
 
 def test_probe_measures_and_caches_costs(tmp_path, monkeypatch):
+    """The probe on a tiny model (one thread: two spin-waiting threads on a shared 2-core machine make sub-ms
+    timings erratic, and a suspect curve is not cached)."""
     from dyndepth.decoder import SpeculativeDecoder
     from dyndepth.head import DraftHead, head_config
     from dyndepth.calibrate import curves as costs_mod
     from tiny_models import tiny_target
 
     monkeypatch.setenv("DYNDEPTH_HOME", str(tmp_path))
-    target = tiny_target("llama")
-    head = DraftHead(head_config(target.config))
-    dec = SpeculativeDecoder(target, head, policy="auto", top_k=3, total_tokens=12)
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the cache key's thread count, as set below
+    torch.set_num_threads(1)
+    try:
+        target = tiny_target("llama")
+        head = DraftHead(head_config(target.config))
+        dec = SpeculativeDecoder(target, head, policy="auto", top_k=3, total_tokens=12)
+    finally:
+        torch.set_num_threads(threads)
     c = dec.policy.costs
+    assert sorted(c.batch) == [2, 4, 8, 16] and all(len(ts) == 3 for ts, _ in c.batch.values())  # batch steps
     assert c.sizes[0] == 1 and c.sizes[-1] == 12 and all(t > 0 for t in c.verify_s)
     assert c.draft_level_s > 0
     files = list((tmp_path / "costs").glob("*.json"))

@@ -22,6 +22,17 @@ SRC = Path(__file__).parents[1] / "src" / "dyndepth"
 SLOW_S = 0.078  # the issue's slow timing
 
 
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Sub-ms timings of a tiny model with two spin-waiting threads on a shared 2-core machine are erratic enough
+    to make a quiet probe look suspect; one thread (and the cache key that says so)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def target():
     return tiny_target("llama")

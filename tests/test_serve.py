@@ -3,7 +3,7 @@
 SmolLM2-135M-Instruct in float32 with the shipped head, so greedy output is exact: every text the server sends
 must equal ``SpeculativeDecoder.generate`` offline, token for token, whatever the concurrency. The decoder is
 built once for the module; one engine serves every test (a second engine on the same decoder would fight over
-it). The queue, timeout and failure tests use a model-free fake decoder, so they are deterministic.
+it). The queue, timeout and failure tests use a model-free fake decoder and scheduler, so they are deterministic.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from serve_helpers import LoopbackServer
 
@@ -247,13 +248,14 @@ def test_sampling_with_a_seed_is_reproducible(server):
 # -- faults -------------------------------------------------------------------------------------------------
 def test_a_client_that_disconnects_cancels_its_generation(server, engine, offline, monkeypatch):
     seen = []
-    original = engine.decoder.stream_text
+    original = engine.decoder.sequence
 
-    def spy(ids, **kw):
-        seen.append(kw["stats"])
-        return original(ids, **kw)
+    def spy(ids, options, **kw):
+        seq = original(ids, options, **kw)
+        seen.append(seq.stats)
+        return seq
 
-    monkeypatch.setattr(engine.decoder, "stream_text", spy)
+    monkeypatch.setattr(engine.decoder, "sequence", spy)
     host, port = server.removeprefix("http://").split(":")
     body = json.dumps({"model": NAME, "messages": [{"role": "user", "content": PROMPTS[5]}], "max_tokens": 256,
                        "stream": True}).encode()
@@ -363,45 +365,83 @@ def test_the_page_is_served_without_external_resources(server):
 
 # -- the queue, timeouts and failures, on a model-free decoder ---------------------------------------------------
 class FakeDecoder:
-    """Yields one token per step; a prompt id of 1 fails with RuntimeError; ``gate`` holds every step until set."""
+    """A model-free decoder for the engine's worker: ``sequence`` builds real Sequences (real options, stop rules
+    and text streams); FakeScheduler steps them."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.total_tokens, self.vocab_size = 4, len(tokenizer)
-        self.policy = type("P", (), {"max_depth": 2})()
-        self.target = type("T", (), {"max_context": 2048})()
+        self.policy = type("P", (), {"max_depth": 2, "name": "fake"})()
+        self.target = type("T", (), {"max_context": 2048, "device": torch.device("cpu")})()
         self.gate = threading.Event()
         self.gate.set()
         self.fail_id = 1  # None: never fails (a chat prompt of SmolLM2's template starts with id 1)
+        self.token = tokenizer.convert_tokens_to_ids("a")  # what every step commits
 
     def describe(self):
         return {"policy": "fake"}
 
-    def stream_text(self, ids, max_new_tokens=16, stats=None, **kw):
+    def sequence(self, ids, options, want_text=True, stats=None, row=0):
+        from dyndepth.engine.sequence import Sequence
+        from dyndepth.request import GenerationRequest
+        from dyndepth.text import TextStream
+
+        req = GenerationRequest(**options).resolved(None, self.vocab_size, set(), context=self.target.max_context)
+        return Sequence(torch.tensor(ids), req, TextStream(self.tokenizer, req.request.stop), stats, row)
+
+
+class FakeScheduler:
+    """The scheduler's interface over FakeDecoder, one row at a time: every step commits the token "a" for the
+    running row; a prompt starting with ``fail_id`` fails in its first step; ``gate`` holds every step until set."""
+
+    def __init__(self, dec):
+        self.dec, self.max_batch_size = dec, 1
+        self.waiting, self.running = [], []
+
+    @property
+    def has_work(self):
+        return bool(self.waiting or self.running)
+
+    def add(self, seq):
+        self.waiting.append(seq)
+
+    def cancel(self, seq):
+        seq.cancelled = True
+
+    def close(self):
+        self.waiting, self.running = [], []
+
+    def step(self):
+        from dyndepth.engine.sequence import State
+        from dyndepth.engine.step import Event
         from dyndepth.stats import StepStats
 
-        if ids[0] == self.fail_id:
-            raise RuntimeError("boom inside the model")
-
-        def gen():
-            stats.prompt_tokens = len(ids)
-            for i in range(max_new_tokens):
-                if not self.gate.wait(30):
-                    raise RuntimeError("the test never opened the gate")
-                if i:
-                    stats.step_stats.append(StepStats(1, 0, 2, 4, 0.0, 0.0))
-                stats.new_tokens = i + 1
-                yield TextChunk([65], "a")
-                time.sleep(0.01)
-            stats.stop_reason = "max_new_tokens"
-
-        return gen()
+        self.running = [s for s in self.running if not s.cancelled]
+        while self.waiting and not self.running:
+            self.running.append(self.waiting.pop(0))
+        events = []
+        for seq in self.running:
+            if not self.dec.gate.wait(30):
+                raise RuntimeError("the test never opened the gate")
+            if seq.prompt[0] == self.dec.fail_id:
+                seq.state = State.DONE
+                events.append(Event(seq, None, None, True, RuntimeError("boom inside the model")))
+                continue
+            first = seq.emitted == 0
+            chunk, done = seq.emit([self.dec.token])
+            step = None if first else StepStats(1, 0, 2, 4, 0.0, 0.0)
+            if step is not None:
+                seq.stats.step_stats.append(step)
+            events.append(Event(seq, chunk, step, done))
+            time.sleep(0.01)
+        self.running = [s for s in self.running if not s.finished]
+        return events
 
 
 @pytest.fixture
 def fake(decoder):
     dec = FakeDecoder(decoder.tokenizer)
-    eng = Engine(dec, max_queue=1).start()
+    eng = Engine(dec, max_queue=1, scheduler=FakeScheduler(dec)).start()
     yield dec, eng
     dec.gate.set()
     eng.close()
@@ -458,8 +498,9 @@ def test_a_client_that_leaves_a_non_streamed_request_frees_the_worker(fake):
     dec, eng = fake
     dec.gate.clear()
     seen = []
-    original = dec.stream_text
-    dec.stream_text = lambda ids, **kw: (seen.append(kw["stats"]), original(ids, **kw))[1]
+    original = dec.sequence
+    dec.sequence = lambda ids, options, **kw: (lambda seq: (seen.append(seq.stats), seq)[1])(
+        original(ids, options, **kw))
     with LoopbackServer(create_app(eng, Settings(model_name=NAME))) as url:
         host, port = url.removeprefix("http://").split(":")
         body = json.dumps({"model": NAME, "prompt": [5], "max_tokens": 1000}).encode()
@@ -490,7 +531,7 @@ def contract(smollm2_path):
     dec.fail_id = None
     dec.target = type("T", (), {"max_context": CONTRACT_CONTEXT})()
     dec.describe = lambda: {"policy": "fake", "top_k": 4, "total_tokens": 4}
-    eng = Engine(dec, max_queue=4).start()
+    eng = Engine(dec, max_queue=4, scheduler=FakeScheduler(dec)).start()
     with LoopbackServer(create_app(eng, Settings(model_name=NAME))) as url:
         yield url, eng
     eng.close()

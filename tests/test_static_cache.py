@@ -194,7 +194,7 @@ def test_static_rows_get_static_draft_caches_and_reuse_the_buffers():
 def test_generation_stops_at_max_len():
     dec = tiny_decoder("llama", policy="plain")
     static = SpeculativeDecoder(dec.target.variant(static_cache=True, max_len=24), None, policy="plain")
-    out = static.generate(list(range(1, 11)), max_new_tokens=100, ignore_eos=True)
+    out = static.generate(list(range(1, 11)), max_new_tokens=24, ignore_eos=True)  # the whole context: it ends first
     assert out.stats.stop_reason == "context" and len(out.token_ids) == 24 - 10 + 1
     assert out.token_ids == dec.generate(list(range(1, 11)), max_new_tokens=15, ignore_eos=True).token_ids
 

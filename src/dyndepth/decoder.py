@@ -113,11 +113,13 @@ class SpeculativeDecoder:
     @classmethod
     def from_pretrained(cls, target: str, head: str | Path | None = None, dtype: str = "float32",
                         device: str = "cpu", policy: str = "ddd", seed: int = 0, *, static_cache: bool = False,
-                        max_len: int | None = None, compile: bool = False, **tree_and_policy_kwargs):
+                        max_len: int | None = None, compile: bool = False, fast_path: bool = True,
+                        **tree_and_policy_kwargs):
         """target: a zoo name, a local HF model directory or a Hub id. head: an EAGLE-format directory,
         "random" (a randomly initialised head, for tests and timing), or None for the head shipped with a
         zoo model; with ``drafter="suffix"`` no head is loaded (any causal LM works). static_cache, max_len, compile:
-        the target's engine (see ``Target``). tree_and_policy_kwargs: top_k, total_tokens, max_depth, checks,
+        the target's engine (see ``Target``); fast_path: the faster CPU forward where it pays (``dyndepth.fastpath``;
+        describe()["forward"] says what ran). tree_and_policy_kwargs: top_k, total_tokens, max_depth, checks,
         threshold, drafter, suffix_cache, suffix_options and the auto policy's knobs."""
         drafts = policy.max_depth > 0 if isinstance(policy, DepthPolicy) else policy != "plain"
         if not drafts and head is not None:
@@ -129,8 +131,10 @@ class SpeculativeDecoder:
         validate.drafter_head(drafter, head)
         validate.device(device)
         parse_dtype(dtype)
+        if not isinstance(fast_path, bool):
+            raise OptionError("fast_path", fast_path, "must be True or False")
         tgt = Target.from_pretrained(target, dtype=dtype, device=device, static_cache=static_cache, max_len=max_len,
-                                     compile=compile)
+                                     compile=compile, fast_path=fast_path)
         draft = None
         if drafts and (drafter or DEFAULT_DRAFTER) != "suffix":
             draft = load_head(head, str(target), tgt, seed=seed)
@@ -142,7 +146,7 @@ class SpeculativeDecoder:
 
     def describe(self) -> dict:
         d = {"top_k": self.top_k, "total_tokens": self.total_tokens, "dtype": str(self.target.dtype),
-             "device": str(self.target.device)}
+             "device": str(self.target.device), "forward": self.target.fast_path}
         d.update(self.policy.describe())
         if self.policy.max_depth > 0:
             d.update(self.drafting.describe())

@@ -18,6 +18,9 @@ def add_decoder_options(p: argparse.ArgumentParser, default_policy: str = "ddd")
     g.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
                    help="float32 is the exactness mode, bfloat16 the speed mode on CPU (default: %(default)s)")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: %(default)s)")
+    g.add_argument("--no-fast-path", dest="fast_path", action="store_false",
+                   help="keep the eager forward as loaded (default: on a CPU without a native bf16 matmul, a bf16 "
+                        "model computes in float32, 2-4x faster there; docs/FASTPATH.md)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads, >= 1 (default: torch's choice)")
     g.add_argument("--policy", default=default_policy, choices=["ddd", "fixed", "auto", "plain"],
                    help="depth policy: ddd (dynamic depth), fixed (EAGLE-2), auto (cost-aware: depth and tree size "
@@ -135,4 +138,5 @@ def build_decoder(args, policy: str | None = None):
     check_decoder_options(args, policy)
     apply_threads(args)
     return SpeculativeDecoder.from_pretrained(args.model, head=args.head, dtype=args.dtype, device=args.device,
-                                              policy=policy, **decoder_kwargs(args))
+                                              policy=policy, fast_path=getattr(args, "fast_path", True),
+                                              **decoder_kwargs(args))

@@ -52,6 +52,9 @@ def register(subparsers) -> None:
                    help="answer only each question's first N turns (default: all; 1 = MT-bench first turns)")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"))
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--no-fast-path", dest="fast_path", action="store_false",
+                   help="keep transformers' eager forward as loaded for every method (default: the faster CPU "
+                        "forward of dyndepth.fastpath on the shared model, vanilla included)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up answers per method (default 1)")
     p.add_argument("--warmup-tokens", type=int, default=32, help="new tokens per warm-up answer (default 32)")
@@ -143,7 +146,7 @@ def run(args) -> int:
                     params=GenParams(args.max_new_tokens, args.temperature, args.top_p, args.top_k),
                     questions=args.questions, select=args.select, turns=args.turns, dtype=args.dtype, device=args.device,
                     threads=args.threads, warmup=args.warmup, warmup_tokens=args.warmup_tokens, seed=args.seed,
-                    plots=args.plots)
+                    plots=args.plots, fast_path=args.fast_path)
     if args.batch_size is not None:
         from dyndepth.bench.throughput import run_throughput
 

@@ -19,6 +19,7 @@ class BenchContext:
     device: str = "cpu"
     head: str | None = None  # None: the head shipped for the zoo model; "random"; or an EAGLE-format directory
     seed: int = 0
+    fast_path: bool = True  # the faster CPU forward (dyndepth.fastpath) on the shared model: every method runs it
     _target: object = field(default=None, repr=False)
     _head: object = field(default=None, repr=False)
     _assistants: dict = field(default_factory=dict, repr=False)
@@ -40,7 +41,8 @@ class BenchContext:
         if self._target is None:
             from dyndepth.target import Target
 
-            self._target = Target.from_pretrained(self.model, dtype=self.dtype, device=self.device)
+            self._target = Target.from_pretrained(self.model, dtype=self.dtype, device=self.device,
+                                                  fast_path=self.fast_path)
             if self._target.tokenizer is None:
                 raise DyndepthError(f"{self.model}: no tokenizer found; the benchmark needs one for the chat template")
         return self._target

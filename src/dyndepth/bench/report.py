@@ -67,6 +67,7 @@ def render_markdown(summary: dict, run: dict) -> str:
     out = [f"# dyndepth bench: {run['model_id']} on {run['bench']}", "",
            f"- Machine: {describe_machine(run['machine'])}",
            f"- Model: {run['model']} · dtype {run['dtype']} · device {run['device']} · head: {run['head']}",
+           f"- Forward (every method, vanilla included): {run.get('forward', 'eager')}",
            f"- Questions: {run['questions']} ({run['turns']} turns"
            + (f", first {run['max_turns']} per question" if run.get("max_turns") else "")
            + f", {run['select']} selection) from "

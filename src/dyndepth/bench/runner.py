@@ -39,6 +39,7 @@ class RunConfig:
     warmup_tokens: int = 32
     seed: int = 0
     plots: bool = True
+    fast_path: bool = True  # dyndepth.fastpath on the shared model (vanilla included)
 
 
 def log(msg: str) -> None:
@@ -85,7 +86,8 @@ def run_benchmark(cfg: RunConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     bench_path, questions = load_questions(cfg.bench, cfg.questions, cfg.select, cfg.turns)
-    ctx = BenchContext(cfg.model, dtype=cfg.dtype, device=cfg.device, head=cfg.head, seed=cfg.seed)
+    ctx = BenchContext(cfg.model, dtype=cfg.dtype, device=cfg.device, head=cfg.head, seed=cfg.seed,
+                       fast_path=cfg.fast_path)
     started = time.perf_counter()
     target = ctx.target()
     log(f"loaded {cfg.model} ({cfg.dtype}, {cfg.device}) in {time.perf_counter() - started:.1f} s")
@@ -140,7 +142,7 @@ def run_benchmark(cfg: RunConfig) -> dict:
         "question_ids": [q.question_id for q in questions], "select": cfg.select,
         "turns": sum(len(q.turns) for q in questions), "max_turns": cfg.turns, "dtype": cfg.dtype, "device": cfg.device,
         "params": asdict(cfg.params), "warmup": cfg.warmup, "warmup_tokens": warm.max_new_tokens, "seed": cfg.seed,
-        "wall_s": round(time.perf_counter() - started, 1), "machine": info,
+        "wall_s": round(time.perf_counter() - started, 1), "machine": info, "forward": target.fast_path,
         "methods": {n: m.settings() for n, m in methods.items()},
         "method_descriptions": {p.name: p.spec.description for p in cfg.methods},
         "skipped": skipped, "answers": {n: str(p) for n, p in files.items()},

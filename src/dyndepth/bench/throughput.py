@@ -57,7 +57,8 @@ def run_throughput(cfg, batch_sizes: list[int]) -> dict:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     bench_path, questions = load_questions(cfg.bench, cfg.questions, cfg.select, 1)
-    ctx = BenchContext(cfg.model, dtype=cfg.dtype, device=cfg.device, head=cfg.head, seed=cfg.seed)
+    ctx = BenchContext(cfg.model, dtype=cfg.dtype, device=cfg.device, head=cfg.head, seed=cfg.seed,
+                       fast_path=cfg.fast_path)
     started = time.perf_counter()
     target = ctx.target()
     methods, skipped = build_methods(ctx, cfg.methods)
@@ -92,6 +93,7 @@ def run_throughput(cfg, batch_sizes: list[int]) -> dict:
     run = {"model": cfg.model, "model_id": ctx.model_id, "bench": cfg.bench, "bench_file": str(bench_path),
            "questions": len(questions), "question_ids": [q.question_id for q in questions], "dtype": cfg.dtype,
            "device": cfg.device, "threads": cfg.threads, "params": asdict(params), "batch_sizes": batch_sizes,
+           "forward": target.fast_path,
            "machine": info, "methods": {n: m.settings() for n, m in methods.items()}, "skipped": skipped,
            "wall_s": round(time.perf_counter() - started, 1)}
     return write_throughput(cfg.out, results, run, plots=cfg.plots)
@@ -126,7 +128,8 @@ def _same(r: BatchResult, ref: BatchResult | None) -> str | None:
 
 def markdown(rows: list[dict], run: dict) -> str:
     m = run["machine"]
-    head = (f"Offline throughput: {run['model_id']}, {run['dtype']}, {run['threads']} threads, {m.get('cpu', '?')}, "
+    head = (f"Offline throughput: {run['model_id']}, {run['dtype']} ({run.get('forward', 'eager')}), "
+            f"{run['threads']} threads, {m.get('cpu', '?')}, "
             f"{run['questions']} prompts ({run['bench']} first turns), {run['params']['max_new_tokens']} new tokens, "
             f"{'greedy' if run['params']['temperature'] == 0 else 'sampled'}; tok/s = all new tokens / wall time.")
     lines = [head, "", "| method | B | tok/s | vs plain | vs vanilla | vs ddd B=1 | tau | = own B=1 | = vanilla B=1 |",

@@ -116,6 +116,15 @@ def format_curve(model) -> str:
     one = model.verify_s[0] + model.draft_base_s + model.draft_level_s
     lines.append(f"a step with one level and N = 1 costs {1000 * one:.1f} ms, "
                  f"{one / model.verify_s[0]:.2f}x a plain decoding step")
+    if model.batch:
+        per_row = [t // r for r, (ts, _) in list(model.batch.items())[:1] for t in ts]
+        lines += ["", "batch steps (ms per forward; in brackets per row) | " + " | ".join(
+            f"{n} token{'s' if n > 1 else ''} per row" for n in per_row), "---:|" + "---:|" * len(per_row)]
+        for rows, (tokens, seconds) in model.batch.items():
+            lines.append(f"{rows} rows | " + " | ".join(f"{1000 * t:.1f} ({1000 * t / rows:.1f})" for t in seconds))
+        lines.append(f"(1 row: {1000 * model.verify_s[0]:.1f} ms for 1 token; a batch of plain decoding rows costs "
+                     f"{1000 * list(model.batch.values())[-1][1][0] / list(model.batch)[-1]:.1f} ms per row at "
+                     f"{list(model.batch)[-1]} rows)")
     return "\n".join(lines)
 
 
@@ -125,8 +134,13 @@ def write_plot(path: Path, model, title: str) -> Path:
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ms = [1000 * t for t in model.verify_s]
-    ax1.plot(model.sizes, ms, marker="o", label="verify (measured)")
-    ax1.set_xlabel("tokens verified per step N (root included)")
+    ax1.plot(model.sizes, ms, marker="o", label="verify, 1 row")
+    for rows, (tokens, seconds) in model.batch.items():
+        ax1.plot(tokens, [1000 * t for t in seconds], marker=".", linestyle="--", label=f"verify, {rows} rows")
+    if model.batch:
+        ax1.set_xscale("log", base=2)
+        ax1.legend(fontsize=7)
+    ax1.set_xlabel("tokens verified per forward (all rows, roots included)")
     ax1.set_ylabel("ms per verification forward")
     ax1.set_title("t_verify(N)")
     ax1.grid(alpha=0.3)

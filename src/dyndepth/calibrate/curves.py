@@ -15,7 +15,9 @@ every N, and ``auto``, seeing no cost in a bigger tree, verified 48 tokens on ev
   ``suspect``, and ``load_or_probe`` does not cache it, so the next run measures again.
 
 The draft head is timed over 1 and 3 levels (the fixed part: the root forward and the rerank; the slope: one
-level). Leaves the target's cache reset.
+level). Batches: BATCH_ROWS rows, each holding the prompt, verify ROW_TOKENS tokens each in one forward (the
+engine's batch step), in the same interleaved rounds; ``CostModel.batch`` keeps those curves over total tokens, so
+``auto`` prices a batch step by its total tokens and rows. Leaves the target's cache reset.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ PROBE_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 NOISE = 1.3  # a smaller tree (or a shallower draft) measured this much slower than a larger one ...
 SLACK_S = 0.002  # ... and by more than this (a scheduler time slice), so tiny models' sub-ms jitter is not a problem
 ATTEMPTS = 2  # measurements of the curves before a suspect one is kept (with a warning, uncached)
+BATCH_ROWS = (2, 4, 8, 16)  # rows of the batch steps measured (the dynamic engine only)
+ROW_TOKENS = (1, 4, 12)  # tokens verified per row in them: plain decoding, a small and a CPU-sized tree
 
 log = logging.getLogger("dyndepth.calibrate")
 
@@ -65,7 +69,7 @@ def probe(decoder, update_rate: float = 0.05, prompt_len: int = 128, repeats: in
     began = time.perf_counter()
     problem = None
     for attempt in range(1, ATTEMPTS + 1):
-        verify_raw, draft_raw = measure(decoder, sizes, prompt_len, repeats)
+        verify_raw, draft_raw, batch_raw = measure(decoder, sizes, prompt_len, repeats)
         problem = curve_problem(sizes, verify_raw, draft_raw)
         if problem is None:
             break
@@ -82,12 +86,14 @@ def probe(decoder, update_rate: float = 0.05, prompt_len: int = 128, repeats: in
             "attempts": attempt, "raw_verify_s": [round(t, 6) for t in verify_raw]}
     if problem is not None:
         meta["suspect"] = problem
-    return CostModel(sizes, lower_envelope(verify_raw), base_s, level_s, update_rate=update_rate, meta=meta)
+    batch = {rows: (tokens, lower_envelope(times)) for rows, (tokens, times) in batch_raw.items()}
+    return CostModel(sizes, lower_envelope(verify_raw), base_s, level_s, update_rate=update_rate, meta=meta,
+                     batch=batch)
 
 
-def measure(decoder, sizes: list[int], prompt_len: int, repeats: int) -> tuple[list[float], tuple[float, float]]:
-    """One measurement -> (fastest verify time per size, (fastest draft of 1 level, of 3 levels)); a warm-up
-    round, then ``repeats`` rounds that time every size once each."""
+def measure(decoder, sizes: list[int], prompt_len: int, repeats: int):
+    """One measurement -> (fastest verify time per size, (fastest draft of 1 level, of 3 levels), {rows: (total
+    tokens, fastest time)}); a warm-up round, then ``repeats`` rounds that time every job once each."""
     target, head = decoder.target, decoder.head
     device = target.device
     vocab = target.lm_head.weight.shape[0]
@@ -100,6 +106,11 @@ def measure(decoder, sizes: list[int], prompt_len: int, repeats: int) -> tuple[l
         pair_tokens = torch.cat([prompt[1:], prompt[:1]])[:8]  # [8]: a step's new pairs, the last one the root
         for levels in (1, 3):
             jobs.append((("draft", levels), _draft_once(head, pair_tokens, head_feats[:8], levels, decoder.top_k)))
+    per_row = [n for n in ROW_TOKENS if n <= decoder.total_tokens]
+    rows = _prefilled_rows(target, prompt, max(BATCH_ROWS)) if not target.static_cache else []
+    for b in BATCH_ROWS if rows else ():
+        for n in per_row:
+            jobs.append((("batch", b, n), _batch_once(target, prompt, rows[:b], n)))
     best = {label: float("inf") for label, _ in jobs}
     for _, fn in jobs:  # warm-up: first calls pay one-off allocation costs
         fn()
@@ -108,7 +119,11 @@ def measure(decoder, sizes: list[int], prompt_len: int, repeats: int) -> tuple[l
             best[label] = min(best[label], _elapsed(fn, device, label))
     verify = [best[("verify", n)] for n in sizes]
     draft = (best[("draft", 1)], best[("draft", 3)]) if head is not None else (0.0, 0.0)
-    return verify, draft
+    batch = {b: ([b * n for n in per_row], [best[("batch", b, n)] for n in per_row])
+             for b in BATCH_ROWS if rows}
+    for kv in rows:
+        kv.release()
+    return verify, draft, batch
 
 
 def curve_problem(sizes: list[int], verify: list[float], draft: tuple[float, float]) -> str | None:
@@ -145,6 +160,34 @@ def _verify_once(target, prompt: torch.Tensor, n: int, L: int):
 
     def run():
         target.forward(tokens, positions, visible)
+
+    return run
+
+
+def _prefilled_rows(target, prompt: torch.Tensor, count: int) -> list:
+    """``count`` row caches each holding the prompt (one batched forward)."""
+    from dyndepth.target import RowInput
+
+    rows = [target.new_row(prompt.numel() + max(ROW_TOKENS)) for _ in range(count)]
+    positions = torch.arange(prompt.numel(), device=prompt.device)
+    target.forward_rows([RowInput(kv, prompt, positions) for kv in rows])
+    for kv in rows:
+        kv.commit(prompt.numel())
+    return rows
+
+
+def _batch_once(target, prompt: torch.Tensor, rows: list, n: int):
+    """One batch step: every row verifies a star tree of n tokens (never committed)."""
+    from dyndepth.target import RowInput
+
+    tree = DraftTree(tokens=prompt[:n].tolist(), parents=[-1] + [0] * (n - 1), depths=[0] + [1] * (n - 1))
+    L, device = prompt.numel(), target.device
+    tokens = torch.tensor(tree.tokens, device=device)  # [n]
+    positions = tree.position_ids(L, device)[0]  # [n]
+    visible = tree.visibility(L, device) if n > 1 else None  # [n, L + n]
+
+    def run():
+        target.forward_rows([RowInput(kv, tokens, positions, visible) for kv in rows])
 
     return run
 

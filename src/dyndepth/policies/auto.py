@@ -141,7 +141,7 @@ class CostAwarePolicy(DepthPolicy):
         n = torch.arange(count, dtype=torch.float32)
         if b <= 1.0:
             return self.costs.verify_curve(max(count, 1))[:count]
-        t = self.costs.verify_time(b + n)
+        t = self.costs.verify_time(b + n, rows=self._rows)
         return t - t[0] + self.costs.verify_time(torch.ones(1))[0]
 
     def _draft_share(self, levels: int) -> float:
@@ -277,7 +277,7 @@ class CostAwarePolicy(DepthPolicy):
         cum = torch.cumsum(torch.tensor([0.0] + picked), 0)  # [m + 1]
         expected = len(pools) + cum
         seconds = self.costs.draft_time(max(p.depth for p in pools)) + \
-            self.costs.verify_time(base + torch.arange(len(picked) + 1, dtype=torch.float32))
+            self.costs.verify_time(base + torch.arange(len(picked) + 1, dtype=torch.float32), rows=len(pools))
         lam = self.run_rate if self.objective == "run" else None
         score = expected / seconds if lam is None else expected - lam * seconds
         k = int(torch.argmax(score))
@@ -312,7 +312,8 @@ class CostAwarePolicy(DepthPolicy):
         drafted = depth > 0 or any(s.tree_size > 1 for s in steps)  # a suffix tree drafts with no head level
         tokens = first.batch_tokens if len(steps) > 1 or first.batch_rows > 1 else first.tree_size
         if self.costs is not None and drafted:
-            self.costs.observe(max(tokens, first.tree_size), first.verify_time_s, depth, first.draft_time_s)
+            self.costs.observe(max(tokens, first.tree_size), first.verify_time_s, depth, first.draft_time_s,
+                               rows=first.batch_rows)
         seconds = first.draft_time_s + first.verify_time_s
         if seconds > 0:  # the run rate's running means (started at the first step, then EMA)
             a = self.cost_update_rate if self._seconds > 0 else 1.0

@@ -40,7 +40,7 @@ import torch
 
 # Part of the cache key: a cache written by an older probe is measured again. 3: repeats interleaved across the
 # sizes and a lower envelope instead of a running max (dyndepth.calibrate); caches of the running max are dropped.
-PROBE_VERSION = 3
+PROBE_VERSION = 4  # 4: verification of batches of rows measured too (CostModel.batch)
 VERIFY_PRIOR = 4.0  # starting weight, in steps, of the ridge that holds the online cost lines at the probe
 RIDGE_FLOOR = 0.005  # the ridge decays with the data to this weight: it only decides what the steps leave open
 SCALE_BOUNDS = (0.05, 20.0)  # a fitted slope stays within these factors of the probe's
@@ -92,11 +92,14 @@ class CostModel:
     draft_level_s: float  # seconds per draft level
     update_rate: float = 0.05
     meta: dict = field(default_factory=dict)
+    # rows -> (total tokens T ascending, seconds to verify them in one forward of that many rows): a batch step
+    batch: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.sizes or self.sizes[0] != 1 or list(self.sizes) != sorted(self.sizes):
             raise ValueError("cost sizes must start at 1 and ascend")
         self._n = torch.tensor(self.sizes, dtype=torch.float32)
+        self.batch = {int(r): (list(ts), list(ss)) for r, (ts, ss) in sorted(self.batch.items(), key=lambda x: int(x[0]))}
         self._set_verify_curve(list(self.verify_s))
         self.draft_fit = OnlineLine(self.draft_base_s, self.draft_level_s, self.draft_base_s + self.draft_level_s,
                                     1.0)
@@ -116,17 +119,30 @@ class CostModel:
         self.verify_fit = OnlineLine(c1, 1.0, c1, spread)
 
     # -- prediction (vectorised over N) -------------------------------------------------------------------
-    def _probed(self, n: torch.Tensor) -> torch.Tensor:
-        """n [m] token counts -> c(n) [m], the probed curve (linear beyond the last measured size)."""
+    def _probed(self, n: torch.Tensor, rows: float = 1) -> torch.Tensor:
+        """n [m] token counts -> c(n) [m], the probed curve (linear beyond the last measured size). rows > 1: the
+        tokens are spread over that many rows of one forward: the measured curves of the nearest batch sizes,
+        interpolated linearly in rows (each row adds its own attention and bookkeeping)."""
         n = n.float().cpu()
-        idx = torch.searchsorted(self._n, n).clamp(1, len(self.sizes) - 1)
-        n0, n1 = self._n[idx - 1], self._n[idx]
-        t0, t1 = self._t[idx - 1], self._t[idx]
-        return t0 + (t1 - t0) * (n - n0) / (n1 - n0)
+        one = _interp(self._n, self._t, n)
+        if rows <= 1 or not self.batch:
+            return one
+        known = [1] + list(self.batch)
+        r0 = max((r for r in known if r <= rows), default=1)
+        r1 = min((r for r in known if r >= rows), default=known[-1])
+        c0 = one if r0 == 1 else self._batch_curve(r0, n)
+        if r1 == r0:
+            return c0
+        w = (rows - r0) / (r1 - r0)
+        return c0 + w * (self._batch_curve(r1, n) - c0)
 
-    def verify_time(self, n: torch.Tensor) -> torch.Tensor:
-        """n [m] token counts (float or int) -> seconds [m], the probed curve as corrected online."""
-        return self.verify_fit.a + self.verify_fit.b * (self._probed(n) - float(self.verify_s[0]))
+    def _batch_curve(self, rows: int, n: torch.Tensor) -> torch.Tensor:
+        tokens, seconds = self.batch[rows]
+        return _interp(torch.tensor(tokens, dtype=torch.float32), torch.tensor(seconds, dtype=torch.float32), n)
+
+    def verify_time(self, n: torch.Tensor, rows: float = 1) -> torch.Tensor:
+        """n [m] token counts (float or int), in ``rows`` rows -> seconds [m], the probed curve as corrected online."""
+        return self.verify_fit.a + self.verify_fit.b * (self._probed(n, rows) - float(self.verify_s[0]))
 
     def verify_curve(self, n_max: int) -> torch.Tensor:
         """[n_max] seconds to verify N = 1 .. n_max tokens (the policy's hot path: interpolated once)."""
@@ -160,10 +176,11 @@ class CostModel:
         return self.draft_time(3) / max(self.draft_base_s + 3 * self.draft_level_s, 1e-12)
 
     # -- online correction ---------------------------------------------------------------------------------
-    def observe(self, tree_size: int, verify_s: float, levels: int, draft_s: float) -> None:
-        """One step's measured times: verify_s for a tree of tree_size tokens, draft_s for ``levels`` levels."""
+    def observe(self, tree_size: int, verify_s: float, levels: int, draft_s: float, rows: int = 1) -> None:
+        """One step's measured times: verify_s for tree_size tokens (all rows of a batch step), draft_s for
+        ``levels`` levels."""
         if verify_s > 0:
-            probed = float(self._probed(torch.tensor([tree_size]))[0])
+            probed = float(self._probed(torch.tensor([tree_size]), rows)[0])
             self.verify_fit.observe(probed - float(self.verify_s[0]), verify_s, self.update_rate)
             self._check_drift(tree_size, verify_s, probed)
         if levels > 0 and draft_s > 0:
@@ -205,12 +222,14 @@ class CostModel:
     def to_dict(self) -> dict:
         return {"sizes": list(self.sizes), "verify_s": [round(t, 6) for t in self.verify_s],
                 "draft_base_s": round(self.draft_base_s, 6), "draft_level_s": round(self.draft_level_s, 6),
+                "batch": {str(r): [list(ts), [round(x, 6) for x in ss]] for r, (ts, ss) in self.batch.items()},
                 "meta": self.meta}
 
     @classmethod
     def from_dict(cls, d: dict, update_rate: float = 0.05) -> "CostModel":
         return cls(list(d["sizes"]), list(d["verify_s"]), float(d["draft_base_s"]), float(d["draft_level_s"]),
-                   update_rate=update_rate, meta=dict(d.get("meta", {})))
+                   update_rate=update_rate, meta=dict(d.get("meta", {})),
+                   batch={int(r): (list(v[0]), list(v[1])) for r, v in d.get("batch", {}).items()})
 
 
 # -- the cache --------------------------------------------------------------------------------------------------
@@ -273,3 +292,12 @@ def forget(key: dict | None) -> None:
         cache_path(key).unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def _interp(xs: torch.Tensor, ys: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear y(x) through (xs, ys), xs ascending, linear beyond both ends (one point: constant)."""
+    if xs.numel() == 1:
+        return ys.expand_as(x).clone()
+    idx = torch.searchsorted(xs, x).clamp(1, xs.numel() - 1)
+    x0, x1, y0, y1 = xs[idx - 1], xs[idx], ys[idx - 1], ys[idx]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)

@@ -11,6 +11,13 @@ One file per concern:
     errors.py   OpenAI's error body and the mapping of every failure to a status code
     static/     the chat page served at ``/`` (one HTML file, no external resources)
 
+and, for several engine replicas on Ray Serve (the 'ray' extra; docs/SCALING.md):
+
+    ray_app.py      the two deployments (engine replicas, the ingress running this app) and the app builder
+    ray_engine.py   RemoteEngine: the engine interface over the engine replicas (a lost replica -> 503)
+    ray_metrics.py  per-replica series added to /metrics
+    ray_cli.py      ``dyndepth serve --replicas N`` / ``--ray-address ADDR``
+
 The HTTP layer talks to the engine only through ``Engine.submit(job) -> Handle`` and the handle's events, so a
 batched engine can replace the worker without touching the routes. See docs/SERVING.md.
 """

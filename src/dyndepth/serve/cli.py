@@ -53,6 +53,15 @@ def register(sub) -> None:
     g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level: what the server logs, access lines included at info (default: "
                         "%(default)s)")
+    # -- Ray Serve: several engine replicas, or a Ray cluster (ray_cli.py, docs/SCALING.md) --------------------
+    r = p.add_argument_group("replicas (Ray Serve; needs the 'ray' extra)")
+    r.add_argument("--replicas", type=int, default=1, metavar="N",
+                   help="engine replicas, each with its own model and --threads threads, behind Ray Serve's router; "
+                        "1 without --ray-address is this single process, no Ray (default: %(default)s)")
+    r.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="deploy to this Ray cluster ('auto', HOST:6379, ray://HOST:10001) instead of a local Ray "
+                        "instance; 'local' starts a local one even for --replicas 1")
+    # -- end Ray Serve ------------------------------------------------------------------------------------------
     p.set_defaults(func=run)
 
 
@@ -137,6 +146,10 @@ def run(args) -> int:
     if not _is_loopback(args.host) and not args.api_key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach this address can use "
               f"the model", file=sys.stderr)
+    if args.replicas != 1 or args.ray_address:  # -- Ray Serve (ray_cli.py, docs/SCALING.md) --
+        from dyndepth.serve.ray_cli import run_ray
+
+        return run_ray(args)
     from dyndepth.options import build_decoder, check_decoder_options
 
     check_decoder_options(args)

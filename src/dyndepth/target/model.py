@@ -87,12 +87,14 @@ def quiet_loading():
 
 class Target:
     def __init__(self, model, tokenizer=None, static_cache: bool = False, max_len: int | None = None,
-                 compile: bool = False):
+                 compile: bool = False, fast_path: str = "eager"):
         """static_cache: preallocated KV buffers of ``max_len`` (+1 pad slot) committed-plus-tree tokens (default
         min(2048, the model's context)); compile: ``torch.compile`` the padded verify forward (needs static_cache;
-        CUDA graphs on a GPU, inductor on a CPU). Several Targets may wrap the same model: each owns its cache."""
+        CUDA graphs on a GPU, inductor on a CPU). fast_path: the name of what ``dyndepth.fastpath`` did to the
+        model (``from_pretrained`` applies it). Several Targets may wrap the same model: each owns its caches."""
         check_options(static_cache, max_len, compile)
         self.model = model.eval()
+        self.fast_path = fast_path  # what the forward runs: "eager (...)" or "cpu: float32 compute (...)"
         self.tokenizer = tokenizer
         self.config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.base = model.get_decoder()  # the transformer body: returns final-normed hidden states
@@ -129,7 +131,9 @@ class Target:
 
     @classmethod
     def from_pretrained(cls, model: str, dtype="float32", device="cpu", static_cache: bool = False,
-                        max_len: int | None = None, compile: bool = False) -> "Target":
+                        max_len: int | None = None, compile: bool = False, fast_path: bool = True) -> "Target":
+        """fast_path: make the forward faster where it pays on this machine (``dyndepth.fastpath``: on a CPU without
+        a native bf16/fp16 matmul, a half-precision checkpoint computes in float32); False keeps eager as loaded."""
         from dyndepth.models import locate_model
 
         check_options(static_cache, max_len, compile)  # before any loading
@@ -145,11 +149,17 @@ class Target:
                 lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
             except Exception as exc:  # noqa: BLE001 - truncated weights, unknown architecture, ...
                 raise DyndepthError(f"cannot load the model in {path}: {_first_line(exc)}") from None
-        return cls(lm, tok, static_cache=static_cache, max_len=max_len, compile=compile)
+        ran = "eager (fast_path=False)"
+        if fast_path:
+            from dyndepth.fastpath import apply_fast_path
+
+            ran = apply_fast_path(lm, torch_dtype)  # before the Target reads the dtype and a head binds to it
+        return cls(lm, tok, static_cache=static_cache, max_len=max_len, compile=compile, fast_path=ran)
 
     def variant(self, static_cache: bool = False, max_len: int | None = None, compile: bool = False) -> "Target":
         """Another Target on the same model object (weights held once) with other engine options."""
-        return Target(self.model, self.tokenizer, static_cache=static_cache, max_len=max_len, compile=compile)
+        return Target(self.model, self.tokenizer, static_cache=static_cache, max_len=max_len, compile=compile,
+                      fast_path=self.fast_path)
 
     @property
     def max_context(self) -> int:

@@ -1,0 +1,176 @@
+"""The CPU fast path (``dyndepth.fastpath``) keeps decoding lossless, and spies prove it ran.
+
+The existing exactness checks run on tiny targets whose model went through ``apply_fast_path`` (fused q/k/v and
+gate/up, oneDNN-prepacked multi-row linears): speculative greedy output equals greedy ``generate`` of the same
+fast-path model, and a sampling check keeps the target's distribution. Direct checks cover the pieces: the
+upcast is exact, a fused sibling called on another input computes its own rows, parameters and state_dict are
+unchanged, and the clean fallbacks.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import test_exactness_tiny
+import test_sampling
+import tiny_models
+from dyndepth import fastpath
+from dyndepth.errors import DyndepthError
+from dyndepth.fastpath import FusedPart, PackedLinear, apply_fast_path, fast_path_calls
+from dyndepth.sampling import SamplingParams
+from dyndepth.target import Target
+
+DDD = dict(top_k=4, total_tokens=12, max_depth=6, checks=(2, 4), threshold=-0.3)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():  # tiny models on a shared 2-core machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def fast_models(monkeypatch):
+    """Every tiny target built through tiny_models goes through apply_fast_path(fuse=True, pack=True); yields
+    [(name, model)] of each one built."""
+    made = []
+    real = tiny_models.tiny_target
+
+    def fast_target(arch, seed=0, dtype=torch.float32):
+        model = real(arch, seed, dtype).model
+        made.append((apply_fast_path(model, fuse=True, pack=True), model))
+        return Target(model, tokenizer=None, **tiny_models.ENGINE)
+
+    monkeypatch.setattr(tiny_models, "tiny_target", fast_target)
+    yield made
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("policy,kwargs", [("ddd", DDD), ("plain", {})])
+def test_greedy_matches_plain_greedy_on_the_fast_path(fast_models, arch, policy, kwargs):
+    test_exactness_tiny.test_greedy_matches_transformers(arch, policy, kwargs)
+    [(name, model)] = fast_models
+    assert "fused qkv/gate-up" in name and "prepacked" in name
+    assert any(isinstance(m, FusedPart) for m in model.modules())
+    calls = fast_path_calls(model)
+    assert calls["fused"] > 0 and calls["packed"] > 0  # prefill and trees are multi-row forwards
+
+
+def test_default_fast_path_on_a_bf16_checkpoint(monkeypatch):
+    """The default on a CPU without native bf16 matmul: a bf16 target computes in float32, head included, and
+    speculative greedy output equals greedy generate of that model."""
+    monkeypatch.setattr(fastpath, "native_half_matmul", lambda dtype: False)
+    made = []
+    real = tiny_models.tiny_target
+
+    def bf16_target(arch, seed=0, dtype=torch.float32):
+        model = real(arch, seed, torch.bfloat16).model
+        made.append(apply_fast_path(model))
+        return Target(model, tokenizer=None, **tiny_models.ENGINE)
+
+    monkeypatch.setattr(tiny_models, "tiny_target", bf16_target)
+    test_exactness_tiny.test_greedy_matches_transformers("qwen2", "ddd", DDD)
+    assert made == ["cpu: float32 compute (bfloat16 weights upcast: no native bfloat16 matmul on this CPU)"]
+
+
+def test_deep_accepted_paths_on_the_fast_path(fast_models):
+    """An accepting oracle draft: whole 12-node trees verified and multi-token commits, fast path throughout."""
+    test_exactness_tiny.test_greedy_matches_with_accepting_oracle_draft("llama", 0.0)
+    assert fast_path_calls(fast_models[0][1])["packed"] > 0
+
+
+toy_target = test_sampling.toy_target  # the module-scoped fixture of tests/test_sampling.py
+
+
+@pytest.fixture(scope="module")
+def fast_toy_target(toy_target):
+    name = apply_fast_path(toy_target.model, fuse=True, pack=True)
+    assert "fused" in name
+    return Target(toy_target.model)
+
+
+def test_sampling_keeps_the_target_distribution_on_the_fast_path(fast_toy_target):
+    before = fast_path_calls(fast_toy_target.model)
+    test_sampling.test_joint_distribution_of_first_tokens_matches_target(fast_toy_target,
+                                                                         SamplingParams(temperature=1.0))
+    after = fast_path_calls(fast_toy_target.model)
+    assert after["fused"] > before["fused"] and after["packed"] > before["packed"]
+
+
+# -- the pieces --------------------------------------------------------------------------------------------------
+def test_fused_sibling_on_another_input_computes_its_own_rows():
+    target = tiny_models.tiny_target("qwen2")
+    attn = target.model.model.layers[0].self_attn
+    apply_fast_path(target.model, fuse=True)
+    x, other = torch.randn(1, 3, 64), torch.randn(1, 3, 64)
+    with torch.no_grad():
+        q = attn.q_proj(x)  # computes q, k and v of x
+        k_other = attn.k_proj(other)  # not x: its own rows
+        v = attn.v_proj(x)
+        k = attn.k_proj(x)
+        for got, mod, inp in ((q, attn.q_proj, x), (k_other, attn.k_proj, other), (v, attn.v_proj, x),
+                              (k, attn.k_proj, x)):
+            torch.testing.assert_close(got, F.linear(inp, mod.weight, mod.bias), rtol=1e-6, atol=1e-6)
+
+
+def test_parameters_and_state_dict_are_unchanged():
+    target = tiny_models.tiny_target("llama")
+    before = {k: v.clone() for k, v in target.model.state_dict().items()}
+    count = sum(p.numel() for p in target.model.parameters())
+    apply_fast_path(target.model, fuse=True, pack=True)
+    after = target.model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert sum(p.numel() for p in target.model.parameters()) == count
+    assert any(isinstance(m, PackedLinear) for m in target.model.modules())  # o_proj, down_proj
+
+
+def test_upcast_is_exact_and_follows_the_cpu(monkeypatch):
+    monkeypatch.setattr(fastpath, "native_half_matmul", lambda dtype: False)
+    model = tiny_models.tiny_target("llama", dtype=torch.bfloat16).model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    name = apply_fast_path(model)  # the defaults: only the upcast
+    assert name == "cpu: float32 compute (bfloat16 weights upcast: no native bfloat16 matmul on this CPU)"
+    after = model.state_dict()
+    assert all(v.dtype == torch.float32 and torch.equal(v, before[k].float()) for k, v in after.items())
+
+    monkeypatch.setattr(fastpath, "native_half_matmul", lambda dtype: True)
+    model = tiny_models.tiny_target("llama", dtype=torch.bfloat16).model
+    name = apply_fast_path(model, pack=True)  # native bf16: no upcast, and packing needs float32
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert name == "eager (no packing: it needs float32)"
+
+
+def test_clean_fallbacks():
+    meta = tiny_models.tiny_target("llama").model.to("meta")
+    assert apply_fast_path(meta) == "eager (not a CPU model)"
+    model = tiny_models.tiny_target("llama").model
+    apply_fast_path(model, fuse=True)
+    with pytest.raises(DyndepthError, match="already applied"):
+        apply_fast_path(model)
+    assert apply_fast_path(torch.nn.Linear(2, 2)) == "eager (nothing applies to this model)"
+    float32 = tiny_models.tiny_target("llama").model
+    assert apply_fast_path(float32) == "eager (nothing applies to this model)"  # the defaults on float32
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_from_pretrained_applies_it_and_says_what_ran(monkeypatch, capsys, smollm2_path, native):
+    """A bf16 zoo model: float32 compute where the CPU has no bf16 matmul (else bf16 as loaded), named in describe()
+    and in `generate --json`; fast_path=False keeps eager."""
+    from dyndepth.cli import main
+    from dyndepth.decoder import SpeculativeDecoder
+
+    monkeypatch.setattr(fastpath, "native_half_matmul", lambda dtype: native)
+    dec = SpeculativeDecoder.from_pretrained(str(smollm2_path), dtype="bfloat16", policy="plain")
+    d = dec.describe()
+    assert d["dtype"] == ("torch.bfloat16" if native else "torch.float32")
+    assert d["forward"].startswith("eager (" if native else "cpu: float32 compute (bfloat16 weights upcast")
+    off = SpeculativeDecoder.from_pretrained(str(smollm2_path), dtype="bfloat16", policy="plain", fast_path=False)
+    assert off.describe()["forward"] == "eager (fast_path=False)" and off.target.dtype == torch.bfloat16
+    assert main(["generate", "--model", str(smollm2_path), "--policy", "plain", "--prompt", "hi", "--threads", "1",
+                 "--max-new-tokens", "2", "--json"]) == 0
+    import json
+
+    out = json.loads(capsys.readouterr().out)
+    assert out["settings"]["forward"] == d["forward"]
