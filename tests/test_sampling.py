@@ -70,8 +70,12 @@ def exact_joint(target, params, prompt=PROMPT):
     SamplingParams(temperature=1.3, top_p=0.8),
     SamplingParams(temperature=1.0, top_k=3),
 ], ids=["T1", "T0.6", "T1.3-top_p0.8", "T1-top_k3"])
-def test_joint_distribution_of_first_tokens_matches_target(toy_target, params, policy="fixed", drafter="head",
-                                                           prompt=PROMPT):
+def test_joint_distribution_of_first_tokens_matches_target(toy_target, params):
+    check_joint_distribution(toy_target, params)
+
+
+def check_joint_distribution(toy_target, params, policy="fixed", drafter="head", prompt=PROMPT):
+    """Samples 4000 three-token answers as rows of batches of 64 and compares them with the exact joint law."""
     torch.manual_seed(123)
     head = DraftHead(head_config(toy_target.config))  # random: a deliberately wrong draft
     with torch.no_grad():
@@ -122,7 +126,7 @@ def test_joint_distribution_of_first_tokens_matches_target(toy_target, params, p
 @pytest.mark.parametrize("params", [SamplingParams(temperature=0.7, top_p=0.9)], ids=["T0.7-top_p0.9"])
 def test_joint_distribution_matches_target_with_the_auto_policy(toy_target, params):
     """auto chooses depth and tree size per step from what it has seen: still exactly the target's distribution."""
-    test_joint_distribution_of_first_tokens_matches_target(toy_target, params, policy="auto")
+    check_joint_distribution(toy_target, params, policy="auto")
 
 
 @pytest.mark.parametrize("params", [SamplingParams(temperature=1.0)], ids=["T1"])
@@ -130,8 +134,7 @@ def test_joint_distribution_matches_target_with_hybrid_trees(toy_target, params)
     """Head nodes (drafted from a wrong, confident head), suffix nodes (deterministic continuations of earlier
     occurrences in a repetitive prompt) and merged nodes in one tree: each candidate is a point mass and siblings
     are distinct tokens, so recursive rejection sampling keeps the target's law."""
-    outs = test_joint_distribution_of_first_tokens_matches_target(toy_target, params, drafter="hybrid",
-                                                                 prompt=REPEATING)
+    outs = check_joint_distribution(toy_target, params, drafter="hybrid", prompt=REPEATING)
     steps = [s for o in outs for s in o.stats.step_stats]
     accepted = {src for s in steps for src, ok in zip(s.node_sources, s.node_accepted) if ok}
     assert accepted == {HEAD, SUFFIX, HEAD | SUFFIX}  # head-only, suffix-only and merged nodes were all accepted
