@@ -376,3 +376,26 @@ def test_a_step_drafts_when_drafting_has_been_faster(draft_rate, plain_rate, mos
     assert 0 < sum(late) < len(late)  # the other mode is still tried every EXPLORE_EVERY steps
     assert policy.drafts(1, 1) is True and len(policy._modes) == 2  # one row: a class of its own, drafting first
     assert EXPLORE_EVERY > 1
+
+
+def test_tries_of_the_losing_mode_back_off_and_a_changed_load_is_still_followed():
+    """Where drafting a batch costs far more than it gains, the tries of drafting become rare (the wait doubles up
+    to EXPLORE_MAX); when drafting starts to win, a try overturns the choice and the policy drafts again."""
+    from dyndepth.policies.auto import EXPLORE_AFTER, EXPLORE_MAX
+    from dyndepth.stats import StepStats
+
+    policy = auto(cost_curve(**STEEP))
+    rates = {True: 10.0, False: 40.0}
+    choices = []
+    for i in range(1500):
+        if i == 600:
+            rates = {True: 60.0, False: 40.0}
+        drafted = policy.drafts(8, 8)
+        choices.append(drafted)
+        policy.observe_batch([StepStats(committed=1, accepted=0, depth=2 if drafted else 0,
+                                        tree_size=4 if drafted else 1, draft_time_s=0.0,
+                                        verify_time_s=8 / rates[drafted], batch_rows=8, batch_tokens=32)
+                              for _ in range(8)])
+    assert sum(choices[EXPLORE_AFTER + 1:600]) <= 6  # tries after 16, 32, 64, 128, 256 steps: not every 16
+    assert sum(choices[1100:]) > 0.95 * len(choices[1100:])  # drafting won its tries and is used again
+    assert EXPLORE_MAX >= 128

@@ -91,7 +91,7 @@ def test_bench_sweep_writes_table(tiny_chat_model, tmp_path):
 def test_every_tree_method_in_the_registry_runs_and_is_exact_in_float32(tiny_chat_model, tmp_path):
     from dyndepth.bench.methods import METHODS
 
-    tree = [name for name in METHODS if name not in ("vanilla", "assisted")]
+    tree = [name for name in METHODS if name not in ("vanilla", "assisted", "vllm", "vllm-ngram")]
     assert {"plain", "eagle2", "eagle2-cpu", "ddd", "ddd-cpu"} <= set(tree)
     out = tmp_path / "all"
     code = main(["bench", "--model", str(tiny_chat_model), "--head", "random", "--questions", "1",

@@ -36,6 +36,8 @@ def test_stop_token_inside_an_accepted_chunk_ends_generation_there(target):
     assert out.stats.stop_reason == "stop_token"
     last = out.stats.step_stats[-1]
     assert last.accepted + 1 > last.committed  # the chunk really was cut inside
+    # accepted counts only committed draft tokens (tau and the spec-decode counters must not count cut ones)
+    assert last.accepted == last.committed and all(s.accepted <= s.committed for s in out.stats.step_stats)
     assert out.stats.new_tokens == k + 1 == 1 + sum(out.stats.accept_lengths)
 
 
@@ -48,6 +50,7 @@ def test_max_new_tokens_is_a_hard_cap(target):
         out = dec.generate(prompt, max_new_tokens=n)
         assert out.token_ids == greedy[:n]
         assert out.stats.stop_reason == "max_new_tokens"
+        assert all(s.accepted <= s.committed for s in out.stats.step_stats)  # the cap cuts accepted counts too
     assert out.stats.steps > 0 and max(out.stats.accept_lengths) > 1
     dec = oracle_decoder(target, prompt)
     one = dec.generate(prompt, max_new_tokens=1)

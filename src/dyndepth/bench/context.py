@@ -19,7 +19,9 @@ class BenchContext:
     device: str = "cpu"
     head: str | None = None  # None: the head shipped for the zoo model; "random"; or an EAGLE-format directory
     seed: int = 0
-    fast_path: bool = True  # the faster CPU forward (dyndepth.fastpath) on the shared model: every method runs it
+    fast_path: bool | str = True  # dyndepth.fastpath on the shared model ("pack": + prepacked multi-row linears)
+    vllm_python: str | None = None  # vLLM's own interpreter, for the vllm methods (bench/vllm_method.py)
+    max_batch: int = 1  # the largest batch a method is asked for (the vLLM engine's max_num_seqs)
     _target: object = field(default=None, repr=False)
     _head: object = field(default=None, repr=False)
     _assistants: dict = field(default_factory=dict, repr=False)

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from dyndepth.bench.hf_methods import DEFAULT_ASSISTANT, assisted_factory, prompt_lookup_factory, vanilla_factory
 from dyndepth.bench.tree_methods import tree_factory
+from dyndepth.bench.vllm_method import NGRAM_DEFAULTS, VLLM_DEFAULTS, vllm_factory
 from dyndepth.errors import DyndepthError
 
 
@@ -60,6 +61,11 @@ register_method(MethodSpec("prompt-lookup", "transformers prompt lookup decoding
                            "step proposes the tokens that followed the first (leftmost) earlier occurrence of the "
                            "context's last 2 tokens, else of its last token (no draft model, no head)",
                            prompt_lookup_factory, {"prompt_lookup_num_tokens": 10}))
+register_method(MethodSpec("vllm", "vLLM's CPU engine, plain decoding, in its own environment (--vllm-python); "
+                           "bind = VLLM_CPU_OMP_THREADS_BIND ('auto' = vLLM's default: one core computes); dtype "
+                           "None = the run's", vllm_factory, VLLM_DEFAULTS))
+register_method(MethodSpec("vllm-ngram", "vLLM's CPU engine with its n-gram speculation (prompt lookup) in its own "
+                           "environment (--vllm-python)", vllm_factory, NGRAM_DEFAULTS))
 register_method(MethodSpec("plain", "dyndepth's own loop without a draft (policy plain): the same code path "
                            "as the tree methods, one token per step", tree_factory, {"policy": "plain"}))
 register_method(MethodSpec("eagle2", "EAGLE-2 fixed-depth tree with the paper's GPU defaults",

@@ -39,7 +39,8 @@ class RunConfig:
     warmup_tokens: int = 32
     seed: int = 0
     plots: bool = True
-    fast_path: bool = True  # dyndepth.fastpath on the shared model (vanilla included)
+    fast_path: bool | str = True  # dyndepth.fastpath on the shared model (vanilla included); "pack" also packs
+    vllm_python: str | None = None  # vLLM's own interpreter for the vllm methods
 
 
 def log(msg: str) -> None:
@@ -61,6 +62,13 @@ def build_methods(ctx: BenchContext, plans: list[MethodPlan]) -> tuple[dict, dic
             skipped[plan.name] = str(exc)
             log(f"skipping {plan.name}: {exc}")
     return built, skipped
+
+
+def close_methods(methods: dict) -> None:
+    """Ends what a method runs outside this process (the vLLM workers)."""
+    for method in methods.values():
+        if hasattr(method, "close"):
+            method.close()
 
 
 def answer_question(method, tokenizer, question: Question, params: GenParams, seed: int):
@@ -87,7 +95,7 @@ def run_benchmark(cfg: RunConfig) -> dict:
         torch.set_num_threads(int(cfg.threads))
     bench_path, questions = load_questions(cfg.bench, cfg.questions, cfg.select, cfg.turns)
     ctx = BenchContext(cfg.model, dtype=cfg.dtype, device=cfg.device, head=cfg.head, seed=cfg.seed,
-                       fast_path=cfg.fast_path)
+                       fast_path=cfg.fast_path, vllm_python=cfg.vllm_python)
     started = time.perf_counter()
     target = ctx.target()
     log(f"loaded {cfg.model} ({cfg.dtype}, {cfg.device}) in {time.perf_counter() - started:.1f} s")
@@ -128,6 +136,7 @@ def run_benchmark(cfg: RunConfig) -> dict:
             append_jsonl(files[name], rec)
             bar.update(len(turns))
     bar.close()
+    close_methods(methods)
     try:
         import os
 

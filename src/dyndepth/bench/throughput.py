@@ -52,13 +52,13 @@ def run_throughput(cfg, batch_sizes: list[int]) -> dict:
     from dyndepth.bench.context import BenchContext
     from dyndepth.bench.machine import machine_info
     from dyndepth.bench.questions import load_questions
-    from dyndepth.bench.runner import build_methods
+    from dyndepth.bench.runner import build_methods, close_methods
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     bench_path, questions = load_questions(cfg.bench, cfg.questions, cfg.select, 1)
     ctx = BenchContext(cfg.model, dtype=cfg.dtype, device=cfg.device, head=cfg.head, seed=cfg.seed,
-                       fast_path=cfg.fast_path)
+                       fast_path=cfg.fast_path, vllm_python=cfg.vllm_python, max_batch=max(batch_sizes))
     started = time.perf_counter()
     target = ctx.target()
     methods, skipped = build_methods(ctx, cfg.methods)
@@ -89,6 +89,7 @@ def run_throughput(cfg, batch_sizes: list[int]) -> dict:
                 continue
             results.append(r)
             log(f"B={b:<3} {name:<12} {r.tokens_per_s:8.2f} tok/s  ({r.new_tokens} tokens in {r.wall_s:.1f} s)")
+    close_methods(methods)
     info = machine_info(cfg.device)
     run = {"model": cfg.model, "model_id": ctx.model_id, "bench": cfg.bench, "bench_file": str(bench_path),
            "questions": len(questions), "question_ids": [q.question_id for q in questions], "dtype": cfg.dtype,

@@ -46,9 +46,11 @@ the level cost shared by the rows that drafted.
 Whether a step drafts at all is measured, not predicted: per batch-size class (1, 2-3, 4-7, 8-15, ... rows) the
 policy keeps running means of the committed tokens per second of steps that drafted and of steps that did not, and
 drafts when drafting has been faster. It tries plain steps once drafting has a mean (after EXPLORE_AFTER steps), and
-the mode it is not using again every EXPLORE_EVERY steps, so it follows a load that changes; steps that carry a
-prompt chunk are not counted (their time is the chunk's). So a batch with speculation is not slower than the same
-batch without it for long.
+the mode it is not using again after EXPLORE_EVERY steps, so it follows a load that changes; a try that confirms the
+choice doubles the wait before the next (up to EXPLORE_MAX steps: on a CPU a batch's drafting step can cost several
+plain steps, so frequent tries would cost more than they find), a try that overturns it resets the wait. Steps that
+carry a prompt chunk are not counted (their time is the chunk's). So a batch with speculation is not slower than
+the same batch without it for long.
 
 Everything per decision is a few vectorised ops over the pool's values (no per-node Python); like DDD's check it
 reads one scalar back per level on CUDA.
@@ -68,7 +70,8 @@ from dyndepth.tree import HEAD
 
 OBJECTIVES = ("run", "step")
 EXPLORE_AFTER = 8  # drafting steps of a batch-size class before its first plain step
-EXPLORE_EVERY = 16  # steps between two tries of the mode not in use
+EXPLORE_EVERY = 16  # steps before the first try of the mode not in use (and after a try that changed the choice)
+EXPLORE_MAX = 256  # the longest wait between two tries (the wait doubles while tries confirm the choice)
 CHILD_RATE = 0.1  # memory of the running mean of children's log-probabilities per (depth, beam rank, child rank)
 
 
@@ -87,7 +90,7 @@ class CostAwarePolicy(DepthPolicy):
     n_max: int = 64  # set by the decoder to its total_tokens
     last: dict = field(default_factory=dict, repr=False)  # the latest step's decision (for the stats)
     _modes: dict = field(default_factory=dict, repr=False)  # rows class -> {"draft"/"plain": rate, "n": steps}
-    _mode: tuple | None = field(default=None, repr=False)  # (class, drafted?, clean step?) of the current step
+    _mode: tuple | None = field(default=None, repr=False)  # (class, drafted?, clean step?, a try?) of this step
     _base: float = field(default=1.0, repr=False)  # tokens a step verifies besides one row's drafted nodes
     _rows: float = field(default=1.0, repr=False)  # rows that share a step's draft levels
     _child: dict = field(default_factory=dict, repr=False)  # depth -> [rows, K] running mean child log-probs
@@ -248,16 +251,19 @@ class CostAwarePolicy(DepthPolicy):
 
     def drafts(self, rows: int, base_tokens: int) -> bool:
         cls = max(1, rows).bit_length()  # 1, 2-3, 4-7, 8-15, ... rows
-        m = self._modes.setdefault(cls, {"draft": None, "plain": None, "n": 0})
+        m = self._modes.setdefault(cls, {"draft": None, "plain": None, "n": 0, "wait": EXPLORE_EVERY, "since": 0})
         m["n"] += 1
+        trying = False
         if m["draft"] is None or m["n"] < EXPLORE_AFTER:
             choice = True
         elif m["plain"] is None:
             choice = False
         else:
             best = m["draft"] >= m["plain"]
-            choice = (not best) if m["n"] % EXPLORE_EVERY == 0 else best
-        self._mode = (cls, choice, base_tokens <= rows)
+            m["since"] += 1
+            trying = m["since"] >= m["wait"]
+            choice = (not best) if trying else best
+        self._mode = (cls, choice, base_tokens <= rows, trying)
         return choice
 
     def tree_sizes(self, pools, n_max, base_tokens: int | None = None):
@@ -324,7 +330,12 @@ class CostAwarePolicy(DepthPolicy):
                 m = self._modes[self._mode[0]]
                 key = "draft" if self._mode[1] else "plain"
                 rate = committed / seconds
-                m[key] = rate if m[key] is None else m[key] + 4 * self.cost_update_rate * (rate - m[key])
+                w = 0.5 if self._mode[3] else 4 * self.cost_update_rate  # a try's rate is news: the mean is old
+                m[key] = rate if m[key] is None else m[key] + w * (rate - m[key])
+                if self._mode[3]:  # a try of the mode not in use: wait longer if it lost again, else start over
+                    lost = (m["draft"] >= m["plain"]) != self._mode[1]
+                    m["wait"] = min(2 * m["wait"], EXPLORE_MAX) if lost else EXPLORE_EVERY
+                    m["since"] = 0
         self._mode = None
 
     def describe(self) -> dict:

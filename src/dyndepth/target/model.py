@@ -131,9 +131,11 @@ class Target:
 
     @classmethod
     def from_pretrained(cls, model: str, dtype="float32", device="cpu", static_cache: bool = False,
-                        max_len: int | None = None, compile: bool = False, fast_path: bool = True) -> "Target":
+                        max_len: int | None = None, compile: bool = False,
+                        fast_path: bool | str = True) -> "Target":
         """fast_path: make the forward faster where it pays on this machine (``dyndepth.fastpath``: on a CPU without
-        a native bf16/fp16 matmul, a half-precision checkpoint computes in float32); False keeps eager as loaded."""
+        a native bf16/fp16 matmul, a half-precision checkpoint computes in float32); "pack" adds oneDNN-prepacked
+        weights for multi-row forwards (trees, batches; a second copy of the weights); False keeps eager as loaded."""
         from dyndepth.models import locate_model
 
         check_options(static_cache, max_len, compile)  # before any loading
@@ -153,7 +155,8 @@ class Target:
         if fast_path:
             from dyndepth.fastpath import apply_fast_path
 
-            ran = apply_fast_path(lm, torch_dtype)  # before the Target reads the dtype and a head binds to it
+            # before the Target reads the dtype and a head binds to it
+            ran = apply_fast_path(lm, torch_dtype, pack=fast_path == "pack")
         return cls(lm, tok, static_cache=static_cache, max_len=max_len, compile=compile, fast_path=ran)
 
     def variant(self, static_cache: bool = False, max_len: int | None = None, compile: bool = False) -> "Target":
