@@ -236,6 +236,25 @@ def test_app_arguments_are_checked_like_the_command_line(options, message):
     assert message in str(exc.value) and "\n" not in str(exc.value)
 
 
+@pytest.mark.parametrize("flags", [[], ["--no-fast-path", "--draft-top-k", "4", "--cors-origin", "http://localhost:3000"]])
+def test_the_command_lines_options_reach_the_replicas_unchanged(flags):
+    """`dyndepth serve --replicas N ...` hands its parsed options to the app by dest: switches (--no-fast-path:
+    fast_path=False) and options whose dest is not their flag (--draft-top-k: tree_top_k) come back the same."""
+    import argparse
+
+    from dyndepth.serve.cli import register
+    from dyndepth.serve.ray_app import parse_options
+    from dyndepth.serve.ray_cli import CLI_ONLY, app_options
+
+    parser = argparse.ArgumentParser(prog="dyndepth")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--model", MODEL, "--replicas", "2", *flags])
+    back = parse_options(app_options(args))
+    same = {k: v for k, v in vars(args).items() if k not in CLI_ONLY}
+    assert {k: getattr(back, k) for k in same if k != "api_key"} == {k: v for k, v in same.items() if k != "api_key"}
+    assert parse_options({"model": MODEL, "no_fast_path": True}).fast_path is False
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--replicas", "0"], "--replicas must be in 1..1024, got 0"),
     (["--replicas", "2", "--threads", str((os.cpu_count() or 1) + 1)], "--threads must be in 1.."),

@@ -48,16 +48,35 @@ def parse_options(options: dict) -> argparse.Namespace:
     from dyndepth.options import check_decoder_options
     from dyndepth.serve.cli import check_server_options, register
 
+    parser = _Parser(prog="dyndepth")
+    subparsers = parser.add_subparsers(dest="command")
+    register(subparsers)
+    actions = subparsers.choices["serve"]._actions
     argv = ["serve"]
     for key, value in (options or {}).items():
         if key in NOT_IN_ARGS:
             raise DyndepthError(f"dyndepth Ray app: '{key}' is not an app argument; set {NOT_IN_ARGS[key]} in "
                                 f"the Serve config instead")
+        # a key is an option's long name with "_" (draft_top_k, no_fast_path) or its dest (vars(args) of the
+        # command line: tree_top_k, fast_path=False for --no-fast-path)
+        flag = "--" + key.replace("_", "-")
+        by_flag = next((a for a in actions if flag in a.option_strings), None)
+        by_dest = next((a for a in actions if a.dest == key and a.option_strings), None)
+        if by_flag is None and by_dest is not None:
+            if by_dest.nargs == 0:  # a switch: given when the value is not its default
+                if value != by_dest.default:
+                    argv.append(by_dest.option_strings[-1])
+                continue
+            flag = by_dest.option_strings[-1]
+        elif by_flag is not None and by_flag.nargs == 0:  # a switch by its own name: no_fast_path: true
+            if value not in (True, False):
+                raise DyndepthError(f"dyndepth Ray app: '{key}' is a switch: true or false, got {value!r}")
+            if value:
+                argv.append(flag)
+            continue
         for v in value if isinstance(value, (list, tuple)) else [value]:
             if v is not None:
-                argv += ["--" + key.replace("_", "-"), str(v)]
-    parser = _Parser(prog="dyndepth")
-    register(parser.add_subparsers(dest="command"))
+                argv += [flag, str(v)]
     args = parser.parse_args(argv)
     if args.api_key is None:
         args.api_key = os.environ.get("DYNDEPTH_API_KEY") or None

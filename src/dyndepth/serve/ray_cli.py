@@ -21,6 +21,12 @@ from dyndepth.errors import DyndepthError
 CLI_ONLY = {"host", "port", "log_level", "replicas", "ray_address", "func", "command"}
 
 
+
+def app_options(args) -> dict:
+    """The app's options from the parsed command line: every option of ``dyndepth serve`` by its dest (the app maps
+    dests and switches back to their flags), without those that only the command line uses."""
+    return {k: v for k, v in vars(args).items() if k not in CLI_ONLY and v not in (None, [])}
+
 def run_ray(args) -> int:
     validate.integer("--replicas", args.replicas, lo=1, hi=1024)
     local = args.ray_address in (None, "local")
@@ -44,11 +50,7 @@ def run_ray(args) -> int:
         raise DyndepthError(f"--replicas {args.replicas} x --threads {args.threads} needs "
                             f"{args.replicas * args.threads} CPUs; this machine has {cores} (lower --threads or "
                             f"--replicas)")
-    options = {k: v for k, v in vars(args).items() if k not in CLI_ONLY and v not in (None, [])}
-    # the dest names of the decoder options are not all their flags' names
-    if "tree_top_k" in options:
-        options["draft_top_k"] = options.pop("tree_top_k")
-    app = ray_app.build_app(options, num_replicas=args.replicas)  # every check before Ray starts
+    app = ray_app.build_app(app_options(args), num_replicas=args.replicas)  # every check before Ray starts
 
     log = {"logging_level": args.log_level.upper(), "log_to_driver": args.log_level in ("info", "debug")}
     logging.getLogger("ray.serve").setLevel(args.log_level.upper())
