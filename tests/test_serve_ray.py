@@ -236,7 +236,8 @@ def test_app_arguments_are_checked_like_the_command_line(options, message):
     assert message in str(exc.value) and "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize("flags", [[], ["--no-fast-path", "--draft-top-k", "4", "--cors-origin", "http://localhost:3000"]])
+@pytest.mark.parametrize("flags", [[], ["--no-fast-path", "--draft-top-k", "4", "--cors-origin", "http://localhost:3000"],
+                                   ["--pack-linears"]])
 def test_the_command_lines_options_reach_the_replicas_unchanged(flags):
     """`dyndepth serve --replicas N ...` hands its parsed options to the app by dest: switches (--no-fast-path:
     fast_path=False) and options whose dest is not their flag (--draft-top-k: tree_top_k) come back the same."""

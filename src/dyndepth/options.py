@@ -21,6 +21,10 @@ def add_decoder_options(p: argparse.ArgumentParser, default_policy: str = "ddd")
     g.add_argument("--no-fast-path", dest="fast_path", action="store_false",
                    help="keep the eager forward as loaded (default: on a CPU without a native bf16 matmul, a bf16 "
                         "model computes in float32, 2-4x faster there; docs/FASTPATH.md)")
+    g.add_argument("--pack-linears", dest="fast_path", action="store_const", const="pack",
+                   help="the fast path plus oneDNN-prepacked float32 weights for multi-row forwards (trees, batches; "
+                        "1.5-1.7x on batches of 8 on an AVX2 CPU, docs/BENCHMARKS.md); costs a second copy of the "
+                        "decoder's weights")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads, >= 1 (default: torch's choice)")
     g.add_argument("--policy", default=default_policy, choices=["ddd", "fixed", "auto", "plain"],
                    help="depth policy: ddd (dynamic depth), fixed (EAGLE-2), auto (cost-aware: depth and tree size "

@@ -61,7 +61,9 @@ def parse_options(options: dict) -> argparse.Namespace:
         # command line: tree_top_k, fast_path=False for --no-fast-path)
         flag = "--" + key.replace("_", "-")
         by_flag = next((a for a in actions if flag in a.option_strings), None)
-        by_dest = next((a for a in actions if a.dest == key and a.option_strings), None)
+        dests = [a for a in actions if a.dest == key and a.option_strings]  # switches may share one dest
+        by_dest = next((a for a in dests if a.nargs == 0 and getattr(a, "const", None) == value), None) or \
+            next((a for a in dests if a.nargs != 0), None) or (dests[0] if dests else None)
         if by_flag is None and by_dest is not None:
             if by_dest.nargs == 0:  # a switch: given when the value is not its default
                 if value != by_dest.default:
