@@ -50,7 +50,8 @@ def run_ray(args) -> int:
         raise DyndepthError(f"--replicas {args.replicas} x --threads {args.threads} needs "
                             f"{args.replicas * args.threads} CPUs; this machine has {cores} (lower --threads or "
                             f"--replicas)")
-    app = ray_app.build_app(app_options(args), num_replicas=args.replicas)  # every check before Ray starts
+    options = app_options(args)
+    app = ray_app.build_app(options, num_replicas=args.replicas)  # every check before Ray starts
 
     log = {"logging_level": args.log_level.upper(), "log_to_driver": args.log_level in ("info", "debug")}
     logging.getLogger("ray.serve").setLevel(args.log_level.upper())
