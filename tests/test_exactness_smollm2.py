@@ -18,7 +18,7 @@ from dyndepth.head_weights import shipped_head
 from dyndepth.target import Target
 
 MODEL = "smollm2-135m-instruct"
-N_QUESTIONS = int(os.environ.get("DYNDEPTH_EXACTNESS_QUESTIONS", "12"))  # 12 x 96 tokens: ~6 min of the suite
+N_QUESTIONS = int(os.environ.get("DYNDEPTH_EXACTNESS_QUESTIONS", "8"))  # 8 x 96 tokens: ~4 min of the suite
 MAX_NEW = 96
 QUESTIONS = Path(__file__).resolve().parents[1] / "src" / "dyndepth" / "data" / "mt_bench_question.jsonl"
 
@@ -62,7 +62,7 @@ def test_ddd_and_fixed_equal_transformers_greedy(decoders, references):
             out = dec.generate(ids, max_new_tokens=MAX_NEW)
             if out.token_ids != ref:
                 mismatches.append((i, name))
-    assert N_QUESTIONS >= 12 or os.environ.get("DYNDEPTH_EXACTNESS_QUESTIONS")
+    assert N_QUESTIONS >= 8 or os.environ.get("DYNDEPTH_EXACTNESS_QUESTIONS")
     assert mismatches == []
 
 
@@ -79,20 +79,20 @@ def test_batched_rows_equal_transformers_greedy(decoders, references):
 
 def test_suffix_and_hybrid_drafters_equal_transformers_greedy(decoders, references):
     """drafter="suffix" (no head: suffix matches in the prompt and the answer) and drafter="hybrid" (the head's tree
-    and the suffix matches merged): alone on a few questions, and as rows of a batch of 4 on 8 of them."""
+    and the suffix matches merged): alone on a question each, and as rows of a batch of 3 on 6 others."""
     target = decoders["ddd"].target
     hybrid = SpeculativeDecoder(target, decoders["ddd"].head, policy="ddd", drafter="hybrid")
     suffix = SpeculativeDecoder(target, None, policy="ddd", drafter="suffix")
     accepted = 0
-    for dec, picked in ((hybrid, references[:2]), (suffix, references[2:4])):
+    for dec, picked in ((hybrid, references[:1]), (suffix, references[1:2])):
         for ids, ref in picked:
             out = dec.generate(ids, max_new_tokens=MAX_NEW)
             assert out.token_ids == ref
             accepted += sum(s.accepted_suffix for s in out.stats.step_stats)
-    refs = references[4:12]
+    refs = references[2:8]
     prompts = [ids for ids, _ in refs]
     for dec in (hybrid, suffix):
-        outs = dec.generate(prompts, max_new_tokens=MAX_NEW, batch_size=4)
+        outs = dec.generate(prompts, max_new_tokens=MAX_NEW, batch_size=3)
         assert [i for i, (o, (_, ref)) in enumerate(zip(outs, refs)) if o.token_ids != ref] == []
         accepted += sum(s.accepted_suffix for o in outs for s in o.stats.step_stats)
-    assert accepted > 30  # suffix nodes were accepted, not only proposed
+    assert accepted > 20  # suffix nodes were accepted, not only proposed
