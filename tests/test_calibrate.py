@@ -191,6 +191,20 @@ def test_a_curve_that_agrees_with_the_steps_is_kept():
     assert not policy.costs.stale and "rebased" not in policy.costs.meta
 
 
+def test_a_long_context_is_not_drift_but_a_short_one_is():
+    """Steps over a 1,500-token context take 3x the curve probed on a 128-token prompt: attention, not a wrong
+    curve (the bench's summaries flagged drift and re-probed before every next answer). The same 3x over short
+    contexts is drift. Both pass through the online lines; the verify prediction follows the measured times."""
+    for context, drift in ((1500, False), (300, True)):
+        model = CostModel(SIZES_48, [machine(n) for n in SIZES_48], 0.002, 0.001, meta={"prompt_len": 128})
+        for i in range(100):
+            n = SIZES_48[i % len(SIZES_48)]
+            model.observe(n, 3 * machine(n), 2, 0.004, context=context)
+        assert model.stale is drift, context
+        if not drift:
+            assert float(model.verify_time(torch.tensor([16]))[0]) == pytest.approx(3 * machine(16), rel=0.2)
+
+
 def test_a_stale_cost_model_is_measured_again_by_provide_costs(target, head, tmp_path, monkeypatch):
     """What a decoder calls between generations (see the integrator note): a stale model is replaced by a probe."""
     monkeypatch.setenv("DYNDEPTH_HOME", str(tmp_path))

@@ -19,6 +19,7 @@ class StepStats:
     batch_rows: int = 1  # rows (sequences) in this step's target forward
     batch_tokens: int = 0  # tokens in this step's target forward, all rows (draft_time_s / verify_time_s are its)
     tree_depth: int = 0  # depth of the verified tree's deepest node (a suffix match may run deeper than the head)
+    context_tokens: int = 0  # the longest row's cached tokens before the step: what its attention spans
     accepted_suffix: int = 0  # accepted nodes a suffix match proposed (alone or merged with a head node)
     # The verified tree's draft nodes (root excluded), for policies that learn from them: path log-values,
     # parents (tree indices, 0 = the root), depths, whether each was accepted (on the accepted path), and each

@@ -104,6 +104,7 @@ def run_step(dec, rows: list[Sequence], prefill_budget: int | None) -> list[Even
         inputs.append(RowInput(s.kv, s.prompt[a:b], torch.arange(a, b, device=device)))
     if not inputs:
         return events
+    context = max([s.kv.length for s in decode] + [b for _, _, b in prefill])  # the longest attention span
     feats = target.forward_rows(inputs)  # [T, H]
     head_feats = target.head_features(feats) if head is not None else None  # [T, F]
     bounds, start = [], 0
@@ -143,6 +144,7 @@ def run_step(dec, rows: list[Sequence], prefill_budget: int | None) -> list[Even
                              pool.beam_log_mass is not None else None,
                              predicted_accepted=getattr(pool, "predicted_accepted", None),
                              batch_rows=rows_in_forward, batch_tokens=tokens_in_forward, tree_depth=tree.max_depth,
+                             context_tokens=context,
                              accepted_suffix=sum(1 for j in path[1:] if tree.sources and tree.sources[j] & SUFFIX),
                              node_values=tree.values[1:], node_parents=tree.parents[1:],
                              node_depths=tree.depths[1:], node_accepted=[j in on_path for j in range(1, len(tree))],

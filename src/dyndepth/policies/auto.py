@@ -319,7 +319,7 @@ class CostAwarePolicy(DepthPolicy):
         tokens = first.batch_tokens if len(steps) > 1 or first.batch_rows > 1 else first.tree_size
         if self.costs is not None and drafted:
             self.costs.observe(max(tokens, first.tree_size), first.verify_time_s, depth, first.draft_time_s,
-                               rows=first.batch_rows)
+                               rows=first.batch_rows, context=max(s.context_tokens for s in steps))
         seconds = first.draft_time_s + first.verify_time_s
         if seconds > 0:  # the run rate's running means (started at the first step, then EMA)
             a = self.cost_update_rate if self._seconds > 0 else 1.0

@@ -24,6 +24,8 @@ step) is caught by the drift check: when the measured verify times stay more tha
 probed curve, on average over DRIFT_MIN_STEPS steps or more, the model warns once, drops its cache entry (the
 next decoder measures again) and rebases the curve on a neutral shape through the measured level (half of it
 fixed, half growing with N), which the steps then correct: ``stale`` tells the decoder a new probe is due.
+Steps over a context much longer than the probe's prompt (DRIFT_CONTEXT) are slower by design, not by drift: the
+lines follow them, the check skips them.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ SCALE_BOUNDS = (0.05, 20.0)  # a fitted slope stays within these factors of the 
 DRIFT_FACTOR = 2.0  # measured verify times this far from the probed curve (either way) ...
 DRIFT_MIN_STEPS = 32  # ... on average over at least this many steps: the curve is wrong, not the step
 DRIFT_RATE = 1 / 16  # memory of the drift average (about 16 steps)
+# Steps that attend to more than this many times the probe's prompt are slower for a reason the probe never
+# measured (attention grows with the context; a 1,500-token summary prompt doubles SmolLM2's step): the online
+# lines follow them, the drift check skips them. Counting them flagged every long-context run as drift and
+# re-probed the curve (30 s on SmolLM2) at the start of the next generation, to the same short-prompt curve.
+DRIFT_CONTEXT = 4
 NEUTRAL_FIXED = 0.5  # the rebased curve: this share of the measured time is fixed, the rest grows with N
 EXPLORE_FRACTIONS = (1 / 8, 1 / 4, 1 / 2)  # after a rebase, trees of these fractions of the measured N ...
 EXPLORE_ROUNDS = 4  # ... are verified in turn this many times, so the steps measure the slope, not one point
@@ -176,13 +183,15 @@ class CostModel:
         return self.draft_time(3) / max(self.draft_base_s + 3 * self.draft_level_s, 1e-12)
 
     # -- online correction ---------------------------------------------------------------------------------
-    def observe(self, tree_size: int, verify_s: float, levels: int, draft_s: float, rows: int = 1) -> None:
-        """One step's measured times: verify_s for tree_size tokens (all rows of a batch step), draft_s for
-        ``levels`` levels."""
+    def observe(self, tree_size: int, verify_s: float, levels: int, draft_s: float, rows: int = 1,
+                context: int = 0) -> None:
+        """One step's measured times: verify_s for tree_size tokens (all rows of a batch step) attending to up to
+        ``context`` cached tokens (0: unknown, taken as short), draft_s for ``levels`` levels."""
         if verify_s > 0:
             probed = float(self._probed(torch.tensor([tree_size]), rows)[0])
             self.verify_fit.observe(probed - float(self.verify_s[0]), verify_s, self.update_rate)
-            self._check_drift(tree_size, verify_s, probed)
+            if context <= DRIFT_CONTEXT * int(self.meta.get("prompt_len", 128)):
+                self._check_drift(tree_size, verify_s, probed)
         if levels > 0 and draft_s > 0:
             self.draft_fit.observe(float(levels), draft_s, self.update_rate)
 
