@@ -238,6 +238,32 @@ def test_hybrid_with_an_accepting_head_merges_and_accepts_both_sources(arch):
     assert kinds >= {HEAD | SUFFIX} and kinds & {HEAD, SUFFIX}
 
 
+def test_hybrid_skips_the_head_where_the_suffix_is_sure(monkeypatch):
+    """A row whose suffix proposal scores SWITCH_SCORE or more drafts from it alone that step (no head level: the
+    head's cost buys little there); elsewhere the head grows and the suffix merges in. Without the gate (an
+    unreachable score) every drafting step grows the head. The output stays greedy decoding either way."""
+    from dyndepth.drafters import stage
+
+    target = tiny_target("gemma3")  # its greedy output settles into a loop: long, confident matches
+    prompt = repetitive(0)
+    want = hf_greedy(target, prompt, 80)
+
+    def drafting_depths():
+        dec = SpeculativeDecoder(target, head_for(target), policy="ddd", drafter="hybrid", **TREE)
+        out = dec.generate(prompt, max_new_tokens=80)
+        assert out.token_ids == want
+        steps = [s for s in out.stats.step_stats if s.tree_size > 1]
+        for s in steps:
+            if s.depth == 0:  # the suffix alone
+                assert s.node_sources and all(src == SUFFIX for src in s.node_sources)
+        return [s.depth for s in steps]
+
+    gated = drafting_depths()
+    assert 0 in gated and max(gated) > 0
+    monkeypatch.setattr(stage, "SWITCH_SCORE", math.inf)
+    assert 0 not in drafting_depths()
+
+
 def test_a_suffix_match_runs_deeper_than_the_head():
     target = tiny_target("gemma3")  # its greedy output settles into a loop: long, confident matches
     dec = SpeculativeDecoder(target, None, policy="ddd", drafter="suffix", top_k=4, total_tokens=40, max_depth=6,

@@ -2,7 +2,10 @@
 
     drafter "head"     the EAGLE head grows a pool per row (drafters/eagle.py); the default
     drafter "suffix"   suffix matches alone (drafters/suffix.py): no head, any causal LM
-    drafter "hybrid"   both in one pool per row, merged and reranked on calibrated P(accepted) (drafters/hybrid.py)
+    drafter "hybrid"   both in one pool per row, merged and reranked on calibrated P(accepted) (drafters/hybrid.py);
+                       a row whose suffix proposal alone scores SWITCH_SCORE or more skips the head that step
+                       (the head's draft costs a fifth of a SmolLM2 step and adds little to a long, confident
+                       match), so hybrid drafts as ``switch`` where the suffix is sure and merges where it is not
     drafter "switch"   either/or per row and step, as shipped hybrids do: the suffix tree when its score (the sum of
                        its nodes' frequency estimates, SuffixDecoding's expected accepted tokens) is at least
                        SWITCH_SCORE, else the head's (the baseline ``hybrid`` is measured against)
@@ -85,17 +88,16 @@ class DraftStage:
         drafting = [i for i in range(len(rows)) if policy.max_depth > 0 and caps[i] > 1]
         if not drafting or not policy.drafts(len(drafting), base):
             return pools
-        scored = {}
+        scored, sure = {}, set()
         if self.uses_suffix:
             for i in drafting:
                 s = score(rows[i].suffix.propose(max_nodes=caps[i] - 1), self.suffix_calibration)
+                if s.proposal.score >= SWITCH_SCORE:  # the whole proposal's score, before the depth rule
+                    sure.add(i)
                 if self.kind != "switch" and len(s):
                     s = s.cut(policy.suffix_depth(s.depths, s.log_p, dec.top_k))
                 scored[i] = s
-        if self.kind == "switch":
-            head_rows = [i for i in drafting if scored[i].proposal.score < SWITCH_SCORE]
-        else:
-            head_rows = drafting if self.uses_head else []
+        head_rows = [i for i in drafting if i not in sure] if self.uses_head else []
         if head_rows:
             made = [DraftPool() for _ in head_rows]
             if self.kind == "hybrid":  # the suffix candidates count against the budget while the head grows
