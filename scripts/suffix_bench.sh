@@ -7,9 +7,12 @@
 #   scripts/suffix_bench.sh smol-tune     # SmolLM2-135M on the tuning half, drafters and policies compared
 #   scripts/suffix_bench.sh smol-report   # SmolLM2-135M on the report half
 #   scripts/suffix_bench.sh qwen-tune     # Qwen2.5-Coder-1.5B on 2 tuning questions per category
+#   scripts/suffix_bench.sh qwen-report   # Qwen2.5-Coder-1.5B, report half: all nine categories (EXTRA="--questions 18": 2 each)
 #   scripts/suffix_bench.sh qwen-report-a # Qwen2.5-Coder-1.5B, report half: Spec-Bench's five categories
 #   scripts/suffix_bench.sh qwen-report-b # Qwen2.5-Coder-1.5B, report half: MT-bench, HumanEval, code edits, quote chats
 #
+# METHODS replaces a stage's methods; SWEEP (tune stages) its auto sweep ("" for none).
+# EXTRA adds bench options to a stage (e.g. EXTRA="--questions 27" for 3 questions per category).
 # Every run: bf16, 2 torch threads, greedy, 128 new tokens, vanilla in the same run (the speedup baseline), one
 # warm-up answer per method, methods interleaved per question in rotating order (dyndepth bench's protocol).
 set -euo pipefail
@@ -24,7 +27,8 @@ run() {  # run OUT ARGS...: one bench run under the lock, skipped when done
     local out=$1; shift
     if [[ -f $out/summary.json ]]; then echo "$out: done, skipped"; return; fi
     mkdir -p "$out"
-    flock "$LOCK" bash -c 'uptime; "$@"; uptime' _ "$PY" -m dyndepth.cli bench "$@" "${COMMON[@]}" --out "$out" \
+    # shellcheck disable=SC2086  # EXTRA is a list of options, split on purpose
+    flock "$LOCK" bash -c 'uptime; "$@"; uptime' _ "$PY" -m dyndepth.cli bench "$@" "${COMMON[@]}" ${EXTRA:-} --out "$out" \
         2> >(tee "$out/stderr.log" >&2) | tee "$out/stdout.log"
 }
 
@@ -32,18 +36,21 @@ case "${1:-}" in
     sets) $PY scripts/suffix_bench_sets.py "${SPEC_BENCH:-../shared/data/spec_bench_tune.jsonl}" $Q ;;
     smol-tune)
         run docs/results/suffix-smol-tune --model smollm2-135m-instruct --bench $Q/tune.jsonl \
-            --methods vanilla,ddd,prompt-lookup,suffix,hybrid,switch --sweep-method auto --sweep drafter=suffix,hybrid ;;
+            --methods "${METHODS:-vanilla,ddd,prompt-lookup,suffix,hybrid,switch}" ${SWEEP---sweep-method auto --sweep drafter=suffix,hybrid} ;;
     smol-report)
         run docs/results/suffix-smol-report --model smollm2-135m-instruct --bench $Q/report.jsonl \
             --methods "${METHODS:-$REPORT_METHODS}" ${SETS:-} ;;
     qwen-tune)
         run docs/results/suffix-qwen-tune --model qwen2.5-coder-1.5b-instruct --bench $Q/tune.jsonl --questions 18 \
             --methods vanilla,ddd,prompt-lookup,suffix,hybrid,switch --sweep-method auto --sweep drafter=suffix,hybrid ;;
+    qwen-report)
+        run docs/results/suffix-qwen-report --model qwen2.5-coder-1.5b-instruct --bench $Q/report.jsonl \
+            --methods "${METHODS:-$REPORT_METHODS}" ${SETS:-} ;;
     qwen-report-a)
         run docs/results/suffix-qwen-report-a --model qwen2.5-coder-1.5b-instruct --bench $Q/report-a.jsonl \
             --methods "${METHODS:-$REPORT_METHODS}" ${SETS:-} ;;
     qwen-report-b)
         run docs/results/suffix-qwen-report-b --model qwen2.5-coder-1.5b-instruct --bench $Q/report-b.jsonl \
             --methods "${METHODS:-$REPORT_METHODS}" ${SETS:-} ;;
-    *) echo "usage: $0 sets|smol-tune|smol-report|qwen-tune|qwen-report-a|qwen-report-b" >&2; exit 2 ;;
+    *) echo "usage: $0 sets|smol-tune|smol-report|qwen-tune|qwen-report|qwen-report-a|qwen-report-b" >&2; exit 2 ;;
 esac

@@ -24,12 +24,13 @@ import time
 from pathlib import Path
 
 DEFAULT_FILES = ["mt_bench_question.jsonl", "humaneval_question.jsonl"]
+PACKAGE_DATA = Path(__file__).resolve().parent.parent / "src" / "dyndepth" / "data"  # where the bare names live
 
 
 def questions(files: list[str], n: int) -> list[str]:
     out = []
     for name in files:
-        path = Path(name) if Path(name).exists() else Path("/work/shared/data") / name
+        path = Path(name) if Path(name).exists() else PACKAGE_DATA / name
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         out += [row["turns"][0] for row in rows[:n]]
     return out
