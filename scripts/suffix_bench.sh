@@ -35,7 +35,7 @@ run() {  # run OUT ARGS...: one bench run under the lock, skipped when done
 case "${1:-}" in
     sets) $PY scripts/suffix_bench_sets.py "${SPEC_BENCH:-../shared/data/spec_bench_tune.jsonl}" $Q ;;
     smol-tune)
-        run docs/results/suffix-smol-tune --model smollm2-135m-instruct --bench $Q/tune.jsonl \
+        run ${TUNE_OUT:-docs/results/suffix-smol-tune} --model smollm2-135m-instruct --bench $Q/tune.jsonl \
             --methods "${METHODS:-vanilla,ddd,prompt-lookup,suffix,hybrid,switch}" ${SWEEP---sweep-method auto --sweep drafter=suffix,hybrid} ;;
     smol-report)
         run docs/results/suffix-smol-report --model smollm2-135m-instruct --bench $Q/report.jsonl \
