@@ -236,7 +236,7 @@ def test_auto_is_lossless_and_varies_the_tree(arch):
         prompt = torch.randint(1, VOCAB - 1, (10,), generator=g).tolist()
         policy = CostAwarePolicy(costs=cost_curve(0.01, 0.001, 0.001), max_depth=8)
         dec = SpeculativeDecoder(target, OracleHead(target, prompt[0], noise=noise), policy=policy, top_k=3,
-                                 total_tokens=16)
+                                 total_tokens=16, drafter="head")  # the head's invariants below
         out = dec.generate(prompt, max_new_tokens=40)
         assert out.token_ids == _hf_greedy(target, prompt, 40)
         sizes |= {s.tree_size for s in out.stats.step_stats}

@@ -204,6 +204,33 @@ def test_greedy_equals_transformers_alone_and_batched(arch, drafter):
     assert sum(map(sum, cal.seen)) > 0  # and taught the calibration
 
 
+@pytest.mark.parametrize("drafter", ["suffix", "hybrid"])
+def test_a_seed_gives_the_same_sampled_text_on_any_call_alone_or_batched(drafter):
+    """The calibrations learn across calls, and a sampled row's trees decide which random draws its verification
+    makes; a seeded row therefore learns in its own calibrations, from the prior: the same seed gives the same text
+    on a fresh decoder, after other calls have taught the shared ones, and in a batch."""
+    target = tiny_target("llama")
+
+    def make():
+        return SpeculativeDecoder(target, head_for(target) if drafter == "hybrid" else None, policy="ddd",
+                                  drafter=drafter, top_k=2, total_tokens=5, max_depth=4, checks=(2,))  # a tight
+        # budget: the calibrated rerank decides which nodes are verified
+
+    prompts = [repetitive(s, n=24, period=6) for s in (7, 8, 9)]
+    seeds = [21, 22, 23]
+    fresh = [make().generate(p, max_new_tokens=30, temperature=1.0, seed=s) for p, s in zip(prompts, seeds)]
+    dec = make()
+    dec.generate(prompts, max_new_tokens=30, batch_size=2)  # greedy: teaches the shared ones
+    assert sum(map(sum, dec.drafting.suffix_calibration.seen)) > 0
+    shared = [list(map(list, dec.drafting.suffix_calibration.seen))]
+    later = dec.generate(prompts, max_new_tokens=30, temperature=1.0, seed=seeds, batch_size=2)
+    assert [o.token_ids for o in later] == [o.token_ids for o in fresh]
+    assert [list(map(list, dec.drafting.suffix_calibration.seen))] == shared  # seeded rows learned in their own
+    assert any(src & SUFFIX for o in fresh for st in o.stats.step_stats for src in st.node_sources)  # verified
+    other = dec.generate(prompts[0], max_new_tokens=30, temperature=1.0, seed=99).token_ids
+    assert other != fresh[0].token_ids  # the seed matters
+
+
 @pytest.mark.parametrize("policy", ["fixed", "auto"])
 @pytest.mark.parametrize("drafter", ["suffix", "hybrid", "switch"])
 def test_every_policy_takes_every_drafter(policy, drafter):
@@ -296,7 +323,8 @@ def test_bad_drafter_combinations_are_one_line():
         (dict(head=head, policy="ddd", drafter="bogus"), "drafter must be one of: head, suffix, hybrid, switch"),
         (dict(head=head, policy="ddd", drafter="suffix"), "head does not apply to the 'suffix' drafter"),
         (dict(head=None, policy="plain", drafter="suffix"), "drafter does not apply to the 'plain' policy"),
-        (dict(head=head, policy="ddd", suffix_cache=8), "suffix_cache applies to the suffix, hybrid and switch"),
+        (dict(head=head, policy="ddd", drafter="head", suffix_cache=8),
+         "suffix_cache applies to the suffix, hybrid and switch"),
         (dict(head=None, policy="ddd", drafter="suffix", suffix_cache=-1), r"suffix_cache must be in 0\.\.65536, got -1"),
         (dict(head=None, policy="ddd", drafter="hybrid"), "needs a draft head"),
     ]
@@ -318,6 +346,24 @@ def test_a_model_without_a_head_works_with_the_suffix_drafter(tiny_chat_model):
     assert out.token_ids == ref[0, len(ids):].tolist()
     with pytest.raises(DyndepthError, match="no draft head ships"):
         SpeculativeDecoder.from_pretrained(str(tiny_chat_model), drafter="hybrid", policy="ddd")
+
+
+def test_the_default_drafter_is_hybrid_with_a_head_and_suffix_without(tiny_chat_model):
+    """No drafter named: a head (given, or shipped with a zoo model) drafts beside suffix matches; a model without
+    one drafts from suffix matches alone instead of being refused, and stays exact."""
+    target = tiny_target("llama")
+    assert SpeculativeDecoder(target, head_for(target), policy="ddd").describe()["drafter"] == "hybrid"
+    assert SpeculativeDecoder(target, None, policy="ddd").describe()["drafter"] == "suffix"
+    assert "drafter" not in SpeculativeDecoder(target, None, policy="plain").describe()
+    dec = SpeculativeDecoder.from_pretrained(str(tiny_chat_model), policy="ddd")
+    assert dec.head is None and dec.describe()["drafter"] == "suffix"
+    ids = dec.chat_ids("Repeat after me: red green blue, red green blue, red green blue.")
+    out = dec.generate(ids, max_new_tokens=24)
+    ref = dec.target.model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
+                                    eos_token_id=sorted(dec.target.stop_token_ids()), pad_token_id=2)
+    assert out.token_ids == ref[0, len(ids):].tolist()
+    with_head = SpeculativeDecoder.from_pretrained(str(tiny_chat_model), head="random", policy="ddd")
+    assert with_head.head is not None and with_head.describe()["drafter"] == "hybrid"
 
 
 def test_generate_with_the_suffix_drafter_on_a_model_without_a_head(capsys, tiny_chat_model):

@@ -32,7 +32,8 @@ def runs(smollm2_path):
                  "ddd": lambda: make_policy("ddd", max_depth=DEPTH, checks=(2, 4), threshold=-0.6)}
     out, prompts, decoder = {}, None, None
     for name, make in factories.items():
-        decoder = SpeculativeDecoder(target, head, policy=make(), top_k=K, total_tokens=N)
+        decoder = SpeculativeDecoder(target, head, policy=make(), top_k=K, total_tokens=N,
+                                     drafter="head")  # replay replays head pools
         prompts = [decoder.chat_ids(q) for q in QUESTIONS]
         gens = [decoder.generate(p, max_new_tokens=40, temperature=0.0) for p in prompts]
         out[name] = (make, [g.stats.step_stats for g in gens], [g.token_ids for g in gens])

@@ -244,7 +244,8 @@ def test_compiled_forward_is_lossless_and_compiles_once_per_bucket():
     target = tiny_target("llama").variant(static_cache=True, max_len=96, compile=True)
     torch.manual_seed(1)
     head = DraftHead(head_config(target.config))
-    dec = SpeculativeDecoder(target, head, policy="ddd", top_k=3, total_tokens=8, max_depth=4, checks=(2,))
+    dec = SpeculativeDecoder(target, head, policy="ddd", top_k=3, total_tokens=8, max_depth=4, checks=(2,),
+                             drafter="head")  # one tree size: one bucket
     g = torch.Generator().manual_seed(7)
     for i in range(3):
         prompt = torch.randint(1, VOCAB - 1, (int(torch.randint(3, 20, (1,), generator=g)),), generator=g).tolist()

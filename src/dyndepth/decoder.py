@@ -31,7 +31,7 @@ import torch
 
 from dyndepth import validate
 from dyndepth.calibrate import provide_costs
-from dyndepth.drafters.stage import DEFAULT_DRAFTER, DraftStage
+from dyndepth.drafters.stage import DraftStage, resolve_drafter
 from dyndepth.drafters.suffix import SuffixOptions
 from dyndepth.engine.scheduler import DEFAULT_MAX_BATCH, Scheduler
 from dyndepth.engine.sequence import Sequence
@@ -69,11 +69,12 @@ class SpeculativeDecoder:
                  top_k: int | None = None, total_tokens: int | None = None, max_depth: int | None = None,
                  checks=None, threshold: float | None = None, *, drafter: str | None = None,
                  suffix_cache: int | None = None, suffix_options: SuffixOptions | None = None, **policy_options):
-        """drafter: where draft nodes come from (drafters/stage.py): "head" (the EAGLE head, the default), "suffix"
-        (suffix matches over the prompt and the output: no head, any causal LM), "hybrid" (both in one tree) or
-        "switch" (either/or per step, the baseline). suffix_cache: earlier outputs the suffix matches search (0:
-        none). suffix_options: the suffix proposal's knobs (drafters/suffix.py). policy_options: the auto policy's
-        knobs (min_depth, lookahead, prior_strength, update_rate, cost_update_rate, objective)."""
+        """drafter: where draft nodes come from (drafters/stage.py): "head" (the EAGLE head), "suffix" (suffix
+        matches over the prompt and the output: no head, any causal LM), "hybrid" (both in one tree) or "switch"
+        (either/or per step, the baseline); None: "hybrid" when a head is given, else "suffix".
+        suffix_cache: earlier outputs the suffix matches search (0: none). suffix_options: the suffix proposal's
+        knobs (drafters/suffix.py). policy_options: the auto policy's knobs (min_depth, lookahead,
+        prior_strength, update_rate, cost_update_rate, objective)."""
         self.target = target
         if isinstance(policy, DepthPolicy):
             tree = validate.tree_options("fixed" if policy.max_depth else "plain", top_k, total_tokens,
@@ -84,7 +85,7 @@ class SpeculativeDecoder:
                                          suffix_cache, **policy_options)
             knobs = {k: tree[k] for k in ("max_depth", "checks", "threshold", *AUTO_OPTIONS) if k in tree}
             self.policy = make_policy(policy, **knobs)
-        kind = tree.get("drafter", DEFAULT_DRAFTER) if self.policy.max_depth > 0 else "head"
+        kind = resolve_drafter(tree.get("drafter"), head is not None) if self.policy.max_depth > 0 else "head"
         validate.drafter_head(kind, head)
         if self.policy.max_depth > 0 and head is None and kind != "suffix":
             raise DyndepthError(f"the {self.policy.name!r} policy with the {kind!r} drafter needs a draft head "
@@ -117,7 +118,8 @@ class SpeculativeDecoder:
                         **tree_and_policy_kwargs):
         """target: a zoo name, a local HF model directory or a Hub id. head: an EAGLE-format directory,
         "random" (a randomly initialised head, for tests and timing), or None for the head shipped with a
-        zoo model; with ``drafter="suffix"`` no head is loaded (any causal LM works). static_cache, max_len, compile:
+        zoo model; with ``drafter="suffix"`` no head is loaded (any causal LM works). No drafter named: ``hybrid``
+        where a head is given or ships, else ``suffix``. static_cache, max_len, compile:
         the target's engine (see ``Target``); fast_path: the faster CPU forward where it pays (``dyndepth.fastpath``;
         describe()["forward"] says what ran). tree_and_policy_kwargs: top_k, total_tokens, max_depth, checks,
         threshold, drafter, suffix_cache, suffix_options and the auto policy's knobs."""
@@ -136,7 +138,12 @@ class SpeculativeDecoder:
         tgt = Target.from_pretrained(target, dtype=dtype, device=device, static_cache=static_cache, max_len=max_len,
                                      compile=compile, fast_path=fast_path)
         draft = None
-        if drafts and (drafter or DEFAULT_DRAFTER) != "suffix":
+        if drafts and drafter is None and head is None:  # no drafter named: hybrid with a shipped head, else suffix
+            from dyndepth.head_weights import shipped_head
+
+            tree_and_policy_kwargs["drafter"] = resolve_drafter(None, shipped_head(str(target)) is not None)
+            drafter = tree_and_policy_kwargs["drafter"]
+        if drafts and drafter != "suffix":
             draft = load_head(head, str(target), tgt, seed=seed)
         return cls(tgt, draft, policy=policy, **tree_and_policy_kwargs)
 

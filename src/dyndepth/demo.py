@@ -32,6 +32,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from dyndepth import validate
     from dyndepth.decoder import SpeculativeDecoder, load_head
+    from dyndepth.drafters.stage import resolve_drafter
     from dyndepth.errors import DyndepthError
     from dyndepth.head_weights import shipped_head
     from dyndepth.options import apply_threads, decoder_kwargs
@@ -49,16 +50,12 @@ def run(args) -> int:
     target = Target.from_pretrained(args.model, dtype=args.dtype, device=args.device)
     validate.max_new_tokens_fit(args.max_new_tokens, target.max_context)
     head_arg = args.head
-    if args.drafter == "suffix":  # drafts from the text itself: no head
-        head = None
-    else:
-        if head_arg is None and shipped_head(args.model) is None:
-            print(f"note: no trained head ships for {args.model}; using a random head (expect no speedup; "
-                  f"--drafter suffix drafts without a head)")
-            head_arg = "random"
-        head = load_head(head_arg, args.model, target)
+    drafter = resolve_drafter(args.drafter, head_arg is not None or shipped_head(args.model) is not None)
+    head = None if drafter == "suffix" else load_head(head_arg, args.model, target)  # suffix: no head
+    if drafter == "suffix" and args.drafter is None:
+        print(f"note: no trained head ships for {args.model}; drafting from suffix matches alone (--drafter suffix)")
     plain = SpeculativeDecoder(target, None, policy="plain")
-    ddd = SpeculativeDecoder(target, head, policy=policy, **decoder_kwargs(args))
+    ddd = SpeculativeDecoder(target, head, policy=policy, **{**decoder_kwargs(args), "drafter": drafter})
     ids = ddd.chat_ids(args.prompt)
     for dec in (plain, ddd):  # warm-up: first calls pay one-off allocation costs
         dec.generate(ids, max_new_tokens=8, temperature=0.0)

@@ -20,7 +20,8 @@ def add_decoder_options(p: argparse.ArgumentParser, default_policy: str = "ddd")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: %(default)s)")
     g.add_argument("--no-fast-path", dest="fast_path", action="store_false",
                    help="keep the eager forward as loaded (default: on a CPU without a native bf16 matmul, a bf16 "
-                        "model computes in float32, 2-4x faster there; docs/FASTPATH.md)")
+                        "model computes in float32, 2-4x faster there, and its one-row matmuls read the bf16 "
+                        "weights, 1.56x on Qwen2.5-1.5B plain decoding; docs/FASTPATH.md)")
     g.add_argument("--pack-linears", dest="fast_path", action="store_const", const="pack",
                    help="the fast path plus oneDNN-prepacked float32 weights for multi-row forwards (trees, batches; "
                         "1.5-1.7x on batches of 8 on an AVX2 CPU, docs/BENCHMARKS.md); costs a second copy of the "
@@ -32,7 +33,8 @@ def add_decoder_options(p: argparse.ArgumentParser, default_policy: str = "ddd")
     g.add_argument("--drafter", default=None, choices=["head", "suffix", "hybrid", "switch"],
                    help="where draft tokens come from: head (the EAGLE draft head), suffix (matches in the prompt and "
                         "the output so far: no head needed, works for any model), hybrid (both in one tree), switch "
-                        "(either/or per step, a baseline) (default: head)")
+                        "(either/or per step, a baseline) (default: hybrid with a head, suffix for a model that "
+                        "ships none)")
     g.add_argument("--draft-top-k", type=int, default=None, dest="tree_top_k",
                    help="beam width: children kept per node and nodes kept per depth, 1..64 (default: 10)")
     g.add_argument("--total-tokens", type=int, default=None,

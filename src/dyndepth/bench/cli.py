@@ -15,7 +15,7 @@ from pathlib import Path
 from dyndepth import validate
 from dyndepth.errors import DyndepthError
 
-DEFAULT_METHODS = "vanilla,plain,eagle2-cpu,ddd"
+DEFAULT_METHODS = "vanilla,plain,ddd,hybrid"  # hybrid: the library's default drafter
 
 
 def register(subparsers) -> None:

@@ -43,8 +43,9 @@ METHODS: dict[str, MethodSpec] = {}
 # The target engine of a tree method (see dyndepth.target.Target): any tree method takes these keys
 ENGINE_DEFAULTS = {"static_cache": False, "compile": False, "max_len": None}
 # Any tree method that drafts takes these too: where its nodes come from (``--set ddd.drafter=hybrid``) and the
-# suffix drafter's cache of earlier answers; None = the decoder's default drafter
-DRAFT_DEFAULTS = {"drafter": None, "suffix_cache": 0}
+# suffix drafter's cache of earlier answers. A method named after a head policy (ddd, auto, eagle2, ...) drafts with
+# the head alone, as its name has always meant; the library's default drafter (hybrid) is the ``hybrid`` method.
+DRAFT_DEFAULTS = {"drafter": "head", "suffix_cache": 0}
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:

@@ -1,11 +1,12 @@
 """The draft stage of an engine step: where each row's candidate nodes come from.
 
-    drafter "head"     the EAGLE head grows a pool per row (drafters/eagle.py); the default
-    drafter "suffix"   suffix matches alone (drafters/suffix.py): no head, any causal LM
-    drafter "hybrid"   both in one pool per row, merged and reranked on calibrated P(accepted) (drafters/hybrid.py);
-                       a row whose suffix proposal alone scores SWITCH_SCORE or more skips the head that step
-                       (the head's draft costs a fifth of a SmolLM2 step and adds little to a long, confident
-                       match), so hybrid drafts as ``switch`` where the suffix is sure and merges where it is not
+    drafter "head"     the EAGLE head grows a pool per row (drafters/eagle.py)
+    drafter "suffix"   suffix matches alone (drafters/suffix.py): no head, any causal LM; the default without a head
+    drafter "hybrid"   the default with a head: both in one pool per row, merged and reranked on calibrated
+                       P(accepted) (drafters/hybrid.py); a row whose suffix proposal alone scores SWITCH_SCORE or
+                       more skips the head that step (the head's draft costs a fifth of a SmolLM2 step and adds
+                       little to a long, confident match), so hybrid drafts as ``switch`` where the suffix is sure
+                       and merges where it is not
     drafter "switch"   either/or per row and step, as shipped hybrids do: the suffix tree when its score (the sum of
                        its nodes' frequency estimates, SuffixDecoding's expected accepted tokens) is at least
                        SWITCH_SCORE, else the head's (the baseline ``hybrid`` is measured against)
@@ -13,6 +14,11 @@
 Per row: ``open`` builds the row's SuffixDrafter when its prefill picks the first root (prompt + root), ``commit``
 extends it with each step's accepted tokens and bonus, ``close`` puts the row's output into the shared cache of
 earlier outputs (``suffix_cache`` outputs, FIFO; not thread-safe: only the engine's thread calls the stage).
+
+The calibrations (suffix counts -> P(accepted), and hybrid's head side) learn across rows and calls, so a row's trees
+depend on what ran before it. A row that samples with a seed gets its own, started from the prior, so its tree
+shapes, hence the random draws its verification makes, depend on its own tokens alone: a seed gives the same text
+on any call, alone or batched (greedy rows need no such care: their output never depends on the tree).
 
 ``pools`` returns one pool per decode row (None: the row verifies its root alone this step). The depth policy sees
 both sources: the head grows under its ``should_stop`` (auto also sees the suffix candidates beside the growing
@@ -34,8 +40,16 @@ from dyndepth.policies.calibration import AcceptanceCalibration
 from dyndepth.tree import HEAD, DraftPool, DraftTree
 
 DRAFTERS = ("head", "suffix", "hybrid", "switch")
-DEFAULT_DRAFTER = "head"
+DEFAULT_DRAFTER = "hybrid"  # with a head; without one, "suffix" (resolve_drafter). Why: docs/BENCHMARKS.md, issue 26
 SWITCH_SCORE = 3.0  # the either/or rule's threshold: suffix when its proposal expects >= 3 accepted tokens
+
+
+def resolve_drafter(drafter: str | None, has_head: bool) -> str:
+    """The drafter a decoder gets: the one named, else ``hybrid`` where a head is present and ``suffix`` where none
+    is (any causal LM speeds up on text that repeats its context, no head needed)."""
+    if drafter is not None:
+        return drafter
+    return DEFAULT_DRAFTER if has_head else "suffix"
 
 
 class DraftStage:
@@ -63,10 +77,19 @@ class DraftStage:
 
     # -- per row ----------------------------------------------------------------------------------------------
     def open(self, seq) -> None:
-        """The row's prefill picked its first root: its suffix state is the prompt plus that root."""
+        """The row's prefill picked its first root: its suffix state is the prompt plus that root (and, for a seeded
+        sampling row, its own calibrations)."""
         if self.uses_suffix:
             seq.suffix = SuffixDrafter(seq.prompt.tolist(), cache=self.cache, options=self.options)
             seq.suffix.extend([seq.root])
+            if seq.generator is not None and seq.request.request.seed is not None:
+                head = AcceptanceCalibration() if self._own_head_calibration else self.head_calibration
+                seq.calibrations = (SuffixCalibration(), head)
+
+    def _calibrations(self, seq) -> tuple:
+        """(suffix calibration, head calibration) the row reads and teaches."""
+        own = getattr(seq, "calibrations", None)
+        return own if own is not None else (self.suffix_calibration, self.head_calibration)
 
     def commit(self, seq, tokens: list[int]) -> None:
         if seq.suffix is not None:
@@ -91,7 +114,7 @@ class DraftStage:
         scored, sure = {}, set()
         if self.uses_suffix:
             for i in drafting:
-                s = score(rows[i].suffix.propose(max_nodes=caps[i] - 1), self.suffix_calibration)
+                s = score(rows[i].suffix.propose(max_nodes=caps[i] - 1), self._calibrations(rows[i])[0])
                 if s.proposal.score >= SWITCH_SCORE:  # the whole proposal's score, before the depth rule
                     sure.add(i)
                 if self.kind != "switch" and len(s):
@@ -106,22 +129,26 @@ class DraftStage:
                         pool.side_logp = torch.tensor(scored[i].log_p, dtype=torch.float32)
             inputs = [DraftInput(rows[i].draft_kv, *rows[i].take_pairs()) for i in head_rows]
             grown = grow_pools(dec.head, inputs, policy, dec.top_k, pools=made)
-            table = self.head_calibration.table() if self.kind == "hybrid" else None
+            tables = {}  # id(head calibration) -> its table, once per step
             for i, pool in zip(head_rows, grown):
                 pool.side_logp = None
                 if self.kind == "hybrid" and len(scored[i]):
-                    merge(pool, scored[i], self.head_calibration, table)
+                    cal = self._calibrations(rows[i])[1]
+                    if id(cal) not in tables:
+                        tables[id(cal)] = cal.table()
+                    merge(pool, scored[i], cal, tables[id(cal)])
                 pools[i] = pool
         for i in drafting:
             if pools[i] is None and len(scored.get(i, ())):
                 pools[i] = suffix_pool(scored[i])
         return pools
 
-    def observe(self, pool: DraftPool | None, tree: DraftTree, path: list[int]) -> None:
-        """One row's verified tree: its suffix nodes whose parent was accepted teach the suffix calibration; its
-        head nodes the head calibration when the stage owns it (the auto policy teaches its own)."""
+    def observe(self, seq, pool: DraftPool | None, tree: DraftTree, path: list[int]) -> None:
+        """One row's verified tree: its suffix nodes whose parent was accepted teach the row's suffix calibration;
+        its head nodes the head calibration when the stage owns it (the auto policy teaches its own)."""
         if pool is None or len(tree) == 1:
             return
+        suffix_calibration, head_calibration = self._calibrations(seq)
         on_path = set(path)
         if pool.suffix:
             seen = []
@@ -130,8 +157,8 @@ class DraftStage:
                 if info is not None and tree.parents[i] in on_path:
                     seen.append((info[0], info[1], i in on_path))
             if seen:
-                self.suffix_calibration.update(seen)
+                suffix_calibration.update(seen)
         if self._own_head_calibration and pool.head_size:
             learn = None if tree.sources is None else [True] + [bool(s & HEAD) for s in tree.sources[1:]]
-            self.head_calibration.update(tree.values, tree.parents, tree.depths,
+            head_calibration.update(tree.values, tree.parents, tree.depths,
                                          [i in on_path for i in range(len(tree))], learn=learn)

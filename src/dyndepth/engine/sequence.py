@@ -46,6 +46,7 @@ class Sequence:
         self.kv = None  # the target's RowKV, from admission to the end
         self.draft_kv = None  # the head's DraftKV (None without a head)
         self.suffix = None  # its SuffixDrafter from the first root on (drafters/stage.py; None: no suffix drafting)
+        self.calibrations = None  # a seeded sampling row's own (suffix, head) calibrations (drafters/stage.py)
         self.prefilled = 0  # prompt tokens already in the KV cache
         self.root: int | None = None  # the last token produced, not yet in the KV cache
         self.pair_tokens: torch.Tensor | None = None  # [n] committed pairs the head has not seen (last = root)

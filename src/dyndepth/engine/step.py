@@ -135,7 +135,7 @@ def run_step(dec, rows: list[Sequence], prefill_budget: int | None) -> list[Even
             dec.drafting.commit(s, new)
             chunk, done = s.emit(new)
             pool = pools[i]
-            dec.drafting.observe(pool, tree, path)
+            dec.drafting.observe(s, pool, tree, path)
             on_path = set(path)
             step = StepStats(committed=len(chunk.token_ids), accepted=min(len(path) - 1, len(chunk.token_ids)),
                              depth=pool.depth if pool is not None else 0, tree_size=len(tree),
