@@ -4,9 +4,11 @@
 
 Each variant is ``KIND:DTYPE`` with KIND one of
   eager        Target as today;
-  upcast       float32 compute of a bf16/fp16 checkpoint (apply_fast_path(upcast=True, fuse=False));
+  upcast       float32 compute of a bf16/fp16 checkpoint, nothing else (apply_fast_path(upcast=True,
+               half_read=False));
   fuse         fused q/k/v and gate/up projections only (no upcast);
-  fast         apply_fast_path's defaults (float32 compute where the CPU has no native bf16 matmul);
+  fast         apply_fast_path's defaults (float32 compute where the CPU has no native bf16 matmul, one-row
+               linears reading the half weights);
   fastfuse     fast plus fused projections;
   fastpack     fast plus fused projections and oneDNN-prepacked multi-row linears;
   compile      the static-cache engine under torch.compile (``TORCHINDUCTOR_FREEZING=1`` and
@@ -45,13 +47,13 @@ def build(model: str, spec: str) -> tuple[Target, str]:
     kind, dtype = spec.split(":")
     if kind not in KINDS:
         raise SystemExit(f"unknown variant kind {kind!r}; choose from {KINDS}")
-    target = Target.from_pretrained(model, dtype=dtype)
+    target = Target.from_pretrained(model, dtype=dtype, fast_path=kind == "compile")  # compile: on the default path
     if kind == "eager":
         return target, "eager"
     if kind == "compile":
         return target.variant(static_cache=True, compile=True), "static cache + torch.compile" + (
             " (freezing)" if os.environ.get("TORCHINDUCTOR_FREEZING") == "1" else "")
-    options = {"upcast": dict(upcast=True), "fuse": dict(upcast=False, fuse=True), "fast": {},
+    options = {"upcast": dict(upcast=True, half_read=False), "fuse": dict(upcast=False, fuse=True), "fast": {},
                "fastfuse": dict(fuse=True), "fastpack": dict(fuse=True, pack=True)}[kind]
     name = apply_fast_path(target.model, target.dtype, **options)
     return Target(target.model, target.tokenizer), name

@@ -68,12 +68,38 @@ def test_default_fast_path_on_a_bf16_checkpoint(monkeypatch):
 
     def bf16_target(arch, seed=0, dtype=torch.float32):
         model = real(arch, seed, torch.bfloat16).model
-        made.append(apply_fast_path(model))
+        made.append((apply_fast_path(model), model))
         return Target(model, tokenizer=None, **tiny_models.ENGINE)
 
     monkeypatch.setattr(tiny_models, "tiny_target", bf16_target)
     test_exactness_tiny.test_greedy_matches_transformers("qwen2", "ddd", DDD)
-    assert made == ["cpu: float32 compute (bfloat16 weights upcast: no native bfloat16 matmul on this CPU)"]
+    [(name, model)] = made
+    assert name == ("cpu: float32 compute (bfloat16 weights upcast: no native bfloat16 matmul on this CPU) + "
+                    "one-row linears read the half weights")
+    assert fast_path_calls(model)["half_read"] > 0  # transformers' plain greedy steps and root-only trees
+
+
+def test_one_row_half_read_is_float32_math_on_the_half_weights(monkeypatch):
+    """A one-row matmul on the kept bf16 weight equals float32 math on its exact upcast (summation order aside);
+    several rows read the float32 weight; where inductor cannot compile it warns once and reads float32."""
+    torch.manual_seed(0)
+    half = (torch.randn(48, 40) * 0.1).to(torch.bfloat16)  # [N, K]
+    weight, bias = half.float(), torch.randn(48)
+    mm = fastpath.PackedMatmul(weight, bias, pack=False, half=half)
+    x = torch.randn(1, 1, 40)
+    torch.testing.assert_close(mm(x), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+    assert mm.half_calls == 1 and mm(x).shape == (1, 1, 48)
+    rows = torch.randn(3, 40)
+    assert torch.equal(mm(rows), F.linear(rows, weight, bias)) and mm.half_calls == 2
+
+    def no_compiler(x, w):
+        raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+    monkeypatch.setattr(fastpath, "_half_gemv", {"fn": no_compiler, "failed": False})
+    with pytest.warns(RuntimeWarning, match="one-row half-weight matmuls off .*InvalidCxxCompiler"):
+        y = mm(x)
+    assert torch.equal(y, F.linear(x, weight, bias)) and mm.half_calls == 2
+    assert torch.equal(mm(x), y)  # no second try, no second warning
 
 
 def test_deep_accepted_paths_on_the_fast_path(fast_models):
@@ -131,10 +157,18 @@ def test_upcast_is_exact_and_follows_the_cpu(monkeypatch):
     monkeypatch.setattr(fastpath, "native_half_matmul", lambda dtype: False)
     model = tiny_models.tiny_target("llama", dtype=torch.bfloat16).model
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    name = apply_fast_path(model)  # the defaults: only the upcast
-    assert name == "cpu: float32 compute (bfloat16 weights upcast: no native bfloat16 matmul on this CPU)"
+    name = apply_fast_path(model)  # the defaults: the upcast and one-row half reads
+    assert name == ("cpu: float32 compute (bfloat16 weights upcast: no native bfloat16 matmul on this CPU) + "
+                    "one-row linears read the half weights")
     after = model.state_dict()
+    assert after.keys() == before.keys()
     assert all(v.dtype == torch.float32 and torch.equal(v, before[k].float()) for k, v in after.items())
+    kept = [m.matmul.half for m in model.modules() if isinstance(m, PackedLinear)]
+    assert kept and all(h.dtype == torch.bfloat16 for h in kept)
+    assert isinstance(model.get_output_embeddings(), PackedLinear)  # the lm_head reads its half weight too
+    model = tiny_models.tiny_target("llama", dtype=torch.bfloat16).model
+    assert apply_fast_path(model, half_read=False) == \
+        "cpu: float32 compute (bfloat16 weights upcast: no native bfloat16 matmul on this CPU)"
 
     monkeypatch.setattr(fastpath, "native_half_matmul", lambda dtype: True)
     model = tiny_models.tiny_target("llama", dtype=torch.bfloat16).model

@@ -1,7 +1,7 @@
 """A faster target forward on CPUs, applied to a loaded Hugging Face model in one call: ``apply_fast_path``.
 
-Three independent pieces, each by module swapping or an in-place cast (no patched modeling code), measured
-in docs/FASTPATH.md (scripts/fastpath_ab.py is the paired A/B); only the first is on by default:
+Four independent pieces, each by module swapping or an in-place cast (no patched modeling code), measured
+in docs/FASTPATH.md (scripts/fastpath_ab.py is the paired A/B); the first two are on by default:
 
 - **float32 compute where the CPU has no bfloat16/float16 matmul** (``upcast``). Without AVX512-BF16 or AMX,
   PyTorch's bf16 matmul runs a scalar-ish fallback: a bf16 model's 12- or 24-row tree forward costs 2-4x its
@@ -12,9 +12,17 @@ in docs/FASTPATH.md (scripts/fastpath_ab.py is the paired A/B); only the first i
   and ``v_proj`` (which take their slice when called with the same input tensor, and compute their own rows
   otherwise), so the forward is unchanged and only the number of matmuls drops. The old weights become views
   of the fused one: no extra memory, ``state_dict`` unchanged.
+- **one-row matmuls read the half-precision weights** (``half_read``, on with the upcast): a one-row forward
+  (plain decoding, a step that verifies its root alone) is a GEMV, bound by memory, so it reads the checkpoint's
+  bf16/fp16 weights (half the bytes of the float32 copy) in an inductor kernel whose math is float32
+  (``half_gemv``; every half value is exactly a float32 value, only the summation order differs from MKL's).
+  Qwen2.5-1.5B plain decoding 1.56x on the AVX2 EPYC, SmolLM2 even (docs/FASTPATH.md). The half tensors are the
+  checkpoint's own, kept instead of freed (1.5x the float32 model's memory); one kernel is compiled at the first
+  one-row forward (seconds; inductor caches it on disk across runs). Where inductor cannot compile (no C++
+  compiler), it warns once and reads the float32 weights.
 - **prepacked oneDNN matmul for multi-row forwards** (``pack``, float32 only): trees and prefill go through
   ``torch.ops.mkldnn._linear_pointwise`` on a weight reordered once; one-row forwards (plain decoding) keep
-  MKL's GEMV on the plain weight, which is faster for one row. Costs a second copy of every packed weight.
+  MKL's GEMV (or the half read). Costs a second copy of every packed weight.
 
 ``apply_fast_path`` returns a short name of what ran (e.g. ``"cpu: float32 compute (bfloat16 weights upcast:
 no native bfloat16 matmul on this CPU)"``),
@@ -56,10 +64,11 @@ class FusedLinear:
     siblings' calls with the same tensor take their slice. Not registered as a submodule (the siblings'
     parameters are views of its weight, so the model's parameters and state_dict are unchanged)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, sizes: list[int], pack: bool):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, sizes: list[int], pack: bool,
+                 half: torch.Tensor | None = None):
         self.weight, self.bias, self.sizes = weight, bias, sizes
         self.starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        self.linear = PackedMatmul(weight, bias) if pack else None
+        self.linear = PackedMatmul(weight, bias, pack, half) if pack or half is not None else None
         self._x: torch.Tensor | None = None
         self._y: torch.Tensor | None = None
         self._taken: set[int] = set()
@@ -93,29 +102,68 @@ class FusedPart(nn.Linear):
         return self.fused.part(x, self.index)
 
 
-class PackedMatmul:
-    """x [..., K] -> x @ W.T + b: multi-row inputs on a oneDNN-prepacked float32 copy of W, one row on W."""
+def _half_gemv_eager(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [1, K] float32, w [N, K] bf16/fp16 -> x @ w.T [1, N] in float32 math (what inductor compiles: one pass
+    over w, converted in registers, never materialised as float32)."""
+    return (x[:, None, :] * w[None].float()).sum(-1)
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        self.weight, self.bias = weight, bias
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+
+_half_gemv = {"fn": None, "failed": False}
+
+
+def half_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
+    """The compiled one-row matmul on half weights -> [1, N], or None where inductor cannot compile here (warned
+    once; the caller reads the float32 weights)."""
+    if _half_gemv["failed"]:
+        return None
+    if _half_gemv["fn"] is None:  # dynamic: one kernel for every weight shape (no recompile per layer shape)
+        _half_gemv["fn"] = torch.compile(_half_gemv_eager, dynamic=True)
+    try:
+        return _half_gemv["fn"](x, w)
+    except Exception as exc:  # noqa: BLE001 - inductor's failures (no compiler, unsupported CPU) all mean "not here"
+        import warnings
+
+        _half_gemv["failed"] = True
+        warnings.warn(f"dyndepth fast path: one-row half-weight matmuls off ({type(exc).__name__}: "
+                      f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}); float32 weights "
+                      f"are read instead", RuntimeWarning, stacklevel=2)
+        return None
+
+
+class PackedMatmul:
+    """x [..., K] -> x @ W.T + b by row count. One row: a GEMV, bound by memory, so it reads ``half`` (the
+    checkpoint's bf16/fp16 weight, float32 math) when kept, else MKL's GEMV on W. Several rows: a oneDNN-prepacked
+    float32 copy of W when ``pack``, else MKL's GEMM on W."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool = True,
+                 half: torch.Tensor | None = None):
+        self.weight, self.bias, self.half = weight, bias, half
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None) if pack else None
         self.calls = 0  # multi-row calls that ran on the packed weight
+        self.half_calls = 0  # one-row calls that read the half weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() == x.shape[-1]:  # one row: MKL's GEMV reads the plain weight faster
+        if x.numel() == x.shape[-1]:  # one row
+            y = half_gemv(x.reshape(1, -1), self.half) if self.half is not None else None  # [1, N]
+            if y is None:
+                return F.linear(x, self.weight, self.bias)
+            self.half_calls += 1
+            y = y.reshape(*x.shape[:-1], y.shape[-1])
+            return y if self.bias is None else y + self.bias
+        if self.packed is None:
             return F.linear(x, self.weight, self.bias)
         self.calls += 1
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
 class PackedLinear(nn.Linear):
-    """An ``nn.Linear`` (same parameters) whose multi-row forwards use PackedMatmul."""
+    """An ``nn.Linear`` (same parameters) whose forwards go through PackedMatmul (packed and/or half-read)."""
 
-    def __init__(self, original: nn.Linear):
+    def __init__(self, original: nn.Linear, pack: bool = True, half: torch.Tensor | None = None):
         nn.Module.__init__(self)
         self.in_features, self.out_features = original.in_features, original.out_features
         self.weight, self.bias = original.weight, original.bias
-        object.__setattr__(self, "matmul", PackedMatmul(self.weight, self.bias))
+        object.__setattr__(self, "matmul", PackedMatmul(self.weight, self.bias, pack, half))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.matmul(x)
@@ -125,7 +173,7 @@ def _plain_linear(module) -> bool:
     return type(module) is nn.Linear
 
 
-def fuse_projections(decoder: nn.Module, pack: bool = False) -> int:
+def fuse_projections(decoder: nn.Module, pack: bool = False, half: dict | None = None) -> int:
     """Swap each decoder layer's q/k/v and gate/up ``nn.Linear`` siblings for FusedParts -> groups fused."""
     fused = 0
     for parent in decoder.modules():
@@ -137,31 +185,35 @@ def fuse_projections(decoder: nn.Module, pack: bool = False) -> int:
                 continue
             w = torch.cat([m.weight.detach() for m in mods])  # [sum N, K]
             b = None if mods[0].bias is None else torch.cat([m.bias.detach() for m in mods])  # [sum N]
-            group = FusedLinear(w, b, [m.out_features for m in mods], pack)
+            h = torch.cat([half[id(m)] for m in mods]) if half and all(id(m) in half for m in mods) else None
+            group = FusedLinear(w, b, [m.out_features for m in mods], pack, h)  # h: [sum N, K] half weights
             for i, (name, m) in enumerate(zip(names, mods)):
                 setattr(parent, name, FusedPart(group, i, m))
             fused += 1
     return fused
 
 
-def pack_linears(decoder: nn.Module) -> int:
-    """Swap the remaining plain float32 ``nn.Linear`` modules of the decoder for PackedLinears -> count."""
-    swaps = [(parent, name, m) for parent in decoder.modules() for name, m in parent.named_children()
-             if _plain_linear(m) and m.weight.dtype == torch.float32]
+def pack_linears(module: nn.Module, pack: bool = True, half: dict | None = None) -> int:
+    """Swap the module's remaining plain float32 ``nn.Linear``s for PackedLinears (prepacked when ``pack``; reading
+    ``half[id(linear)]`` for one row when given) -> count."""
+    swaps = [(parent, name, m) for parent in module.modules() for name, m in parent.named_children()
+             if _plain_linear(m) and m.weight.dtype == torch.float32 and (pack or id(m) in (half or {}))]
     for parent, name, m in swaps:
-        setattr(parent, name, PackedLinear(m))
+        setattr(parent, name, PackedLinear(m, pack, (half or {}).get(id(m))))
     return len(swaps)
 
 
 def apply_fast_path(model: nn.Module, dtype: torch.dtype | None = None, *, upcast: bool | None = None,
-                    fuse: bool = False, pack: bool = False) -> str:
+                    fuse: bool = False, pack: bool = False, half_read: bool | None = None) -> str:
     """Make a loaded causal LM's forward faster on this CPU, in place -> the name of what ran.
 
     dtype: the model's dtype (default: its first parameter's). upcast: compute in float32 (None: exactly when
     ``dtype`` is bf16/fp16 and the CPU has no native matmul for it). fuse: fused q/k/v and gate/up
     projections; pack: oneDNN-prepacked weights for multi-row forwards (float32, costs a weight copy). Both are
     off by default: exact, but neither beat eager by a clear margin on the 2-core AVX2 machine of the study
-    (docs/FASTPATH.md); the upcast did (2-4x on a bf16 checkpoint).
+    (docs/FASTPATH.md); the upcast did (2-4x on a bf16 checkpoint). half_read: one-row matmuls of the decoder and
+    lm_head read the checkpoint's half weights (None: exactly when upcasting; 1.56x on Qwen2.5-1.5B's plain
+    decoding there).
     Where nothing applies the model is left as it is and the name says why."""
     params = list(model.parameters())
     if not params:
@@ -174,21 +226,30 @@ def apply_fast_path(model: nn.Module, dtype: torch.dtype | None = None, *, upcas
     steps = []
     if upcast is None:
         upcast = dtype in (torch.bfloat16, torch.float16) and not native_half_matmul(dtype)
+    halves: dict = {}  # id(linear) -> its checkpoint weight, kept for one-row reads
     if upcast and dtype != torch.float32:
-        half = str(dtype).replace("torch.", "")
-        why = "" if native_half_matmul(dtype) else f": no native {half} matmul on this CPU"
+        name = str(dtype).replace("torch.", "")
+        why = "" if native_half_matmul(dtype) else f": no native {name} matmul on this CPU"
+        if half_read is None or half_read:  # before the cast: the half tensors themselves, no copy
+            halves = {id(m): m.weight.detach() for m in model.modules() if _plain_linear(m)}
         model.float()
-        steps.append(f"float32 compute ({half} weights upcast{why})")
+        steps.append(f"float32 compute ({name} weights upcast{why})")
         dtype = torch.float32
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     can_pack = pack and dtype == torch.float32 and mkldnn_packing_available()
-    if fuse and fuse_projections(decoder, pack=can_pack):
+    if fuse and fuse_projections(decoder, pack=can_pack, half=halves):
         steps.append("fused qkv/gate-up")
     notes = []
-    if can_pack and pack_linears(decoder) + sum(isinstance(m, FusedPart) for m in decoder.modules()):
+    if can_pack and pack_linears(decoder, half=halves) + sum(isinstance(m, FusedPart) for m in decoder.modules()):
         steps.append("oneDNN-prepacked multi-row linears")
     elif pack and not can_pack:
         notes.append("no packing: " + ("it needs float32" if dtype != torch.float32 else "no oneDNN in this torch"))
+    if halves:
+        pack_linears(decoder, pack=False, half=halves)  # what packing left plain
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if _plain_linear(head) and id(head) in halves and hasattr(model, "set_output_embeddings"):
+            model.set_output_embeddings(PackedLinear(head, False, halves[id(head)]))
+        steps.append("one-row linears read the half weights")
     if not steps:
         return f"eager ({'; '.join(notes) or 'nothing applies to this model'})"
     return "cpu: " + " + ".join(steps) + (f" ({'; '.join(notes)})" if notes else "")
@@ -199,4 +260,5 @@ def fast_path_calls(model: nn.Module) -> dict[str, int]:
     groups = {id(m.fused): m.fused for m in model.modules() if isinstance(m, FusedPart)}
     packed = [m.matmul for m in model.modules() if isinstance(m, PackedLinear)]
     packed += [g.linear for g in groups.values() if g.linear is not None]
-    return {"fused": sum(g.calls for g in groups.values()), "packed": sum(p.calls for p in packed)}
+    return {"fused": sum(g.calls for g in groups.values()), "packed": sum(p.calls for p in packed),
+            "half_read": sum(p.half_calls for p in packed)}
