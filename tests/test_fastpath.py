@@ -75,13 +75,14 @@ def test_default_fast_path_on_a_bf16_checkpoint(monkeypatch):
     test_exactness_tiny.test_greedy_matches_transformers("qwen2", "ddd", DDD)
     [(name, model)] = made
     assert name == ("cpu: float32 compute (bfloat16 weights upcast: no native bfloat16 matmul on this CPU) + "
-                    "one-row linears read the half weights")
+                    "linears of up to 4 rows read the half weights")
     assert fast_path_calls(model)["half_read"] > 0  # transformers' plain greedy steps and root-only trees
 
 
 def test_one_row_half_read_is_float32_math_on_the_half_weights(monkeypatch):
-    """A one-row matmul on the kept bf16 weight equals float32 math on its exact upcast (summation order aside);
-    several rows read the float32 weight; where inductor cannot compile it warns once and reads float32."""
+    """A matmul of up to HALF_READ_ROWS rows on the kept bf16 weight equals float32 math on its exact upcast
+    (summation order aside); more rows read the float32 weight; where inductor cannot compile it warns once and
+    reads float32."""
     torch.manual_seed(0)
     half = (torch.randn(48, 40) * 0.1).to(torch.bfloat16)  # [N, K]
     weight, bias = half.float(), torch.randn(48)
@@ -89,16 +90,20 @@ def test_one_row_half_read_is_float32_math_on_the_half_weights(monkeypatch):
     x = torch.randn(1, 1, 40)
     torch.testing.assert_close(mm(x), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
     assert mm.half_calls == 1 and mm(x).shape == (1, 1, 48)
-    rows = torch.randn(3, 40)
-    assert torch.equal(mm(rows), F.linear(rows, weight, bias)) and mm.half_calls == 2
+    few = torch.randn(fastpath.HALF_READ_ROWS, 40)
+    torch.testing.assert_close(mm(few), F.linear(few, weight, bias), rtol=1e-5, atol=1e-5)
+    assert mm.half_calls == 3
+    calls = mm.half_calls
+    many = torch.randn(fastpath.HALF_READ_ROWS + 1, 40)
+    assert torch.equal(mm(many), F.linear(many, weight, bias)) and mm.half_calls == calls
 
     def no_compiler(x, w):
         raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
 
     monkeypatch.setattr(fastpath, "_half_gemv", {"fn": no_compiler, "failed": False})
-    with pytest.warns(RuntimeWarning, match="one-row half-weight matmuls off .*InvalidCxxCompiler"):
+    with pytest.warns(RuntimeWarning, match="half-weight matmuls off .*InvalidCxxCompiler"):
         y = mm(x)
-    assert torch.equal(y, F.linear(x, weight, bias)) and mm.half_calls == 2
+    assert torch.equal(y, F.linear(x, weight, bias)) and mm.half_calls == calls
     assert torch.equal(mm(x), y)  # no second try, no second warning
 
 
@@ -159,7 +164,7 @@ def test_upcast_is_exact_and_follows_the_cpu(monkeypatch):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     name = apply_fast_path(model)  # the defaults: the upcast and one-row half reads
     assert name == ("cpu: float32 compute (bfloat16 weights upcast: no native bfloat16 matmul on this CPU) + "
-                    "one-row linears read the half weights")
+                    "linears of up to 4 rows read the half weights")
     after = model.state_dict()
     assert after.keys() == before.keys()
     assert all(v.dtype == torch.float32 and torch.equal(v, before[k].float()) for k, v in after.items())

@@ -12,17 +12,18 @@ in docs/FASTPATH.md (scripts/fastpath_ab.py is the paired A/B); the first two ar
   and ``v_proj`` (which take their slice when called with the same input tensor, and compute their own rows
   otherwise), so the forward is unchanged and only the number of matmuls drops. The old weights become views
   of the fused one: no extra memory, ``state_dict`` unchanged.
-- **one-row matmuls read the half-precision weights** (``half_read``, on with the upcast): a one-row forward
-  (plain decoding, a step that verifies its root alone) is a GEMV, bound by memory, so it reads the checkpoint's
+- **few-row matmuls read the half-precision weights** (``half_read``, on with the upcast): a forward of one to
+  HALF_READ_ROWS rows (plain decoding, small trees, small batches) is bound by memory, so it reads the checkpoint's
   bf16/fp16 weights (half the bytes of the float32 copy) in an inductor kernel whose math is float32
   (``half_gemv``; every half value is exactly a float32 value, only the summation order differs from MKL's).
-  Qwen2.5-1.5B plain decoding 1.56x on the AVX2 EPYC, SmolLM2 even (docs/FASTPATH.md). The half tensors are the
-  checkpoint's own, kept instead of freed (1.5x the float32 model's memory); one kernel is compiled at the first
-  one-row forward (seconds; inductor caches it on disk across runs). Where inductor cannot compile (no C++
+  Qwen2.5-1.5B on the AVX2 EPYC: plain decoding 1.56x, and up to 4 rows instead of 1 another 1.18x on suffix
+  drafting and 1.36x on 4-row batches; SmolLM2 even (docs/FASTPATH.md). The half tensors are the checkpoint's own,
+  kept instead of freed (1.5x the float32 model's memory); the kernel compiles at the first few-row forward
+  (seconds; inductor caches it on disk across runs). Where inductor cannot compile (no C++
   compiler), it warns once and reads the float32 weights.
 - **prepacked oneDNN matmul for multi-row forwards** (``pack``, float32 only): trees and prefill go through
   ``torch.ops.mkldnn._linear_pointwise`` on a weight reordered once; one-row forwards (plain decoding) keep
-  MKL's GEMV (or the half read). Costs a second copy of every packed weight.
+  MKL's GEMV (or the half read, which also takes forwards of up to HALF_READ_ROWS rows). Costs a second copy of every packed weight.
 
 ``apply_fast_path`` returns a short name of what ran (e.g. ``"cpu: float32 compute (bfloat16 weights upcast:
 no native bfloat16 matmul on this CPU)"``),
@@ -103,16 +104,20 @@ class FusedPart(nn.Linear):
 
 
 def _half_gemv_eager(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x [1, K] float32, w [N, K] bf16/fp16 -> x @ w.T [1, N] in float32 math (what inductor compiles: one pass
-    over w, converted in registers, never materialised as float32)."""
+    """x [M, K] float32, w [N, K] bf16/fp16 -> x @ w.T [M, N] in float32 math (what inductor compiles: a pass over
+    w per row, converted in registers, never materialised as float32)."""
     return (x[:, None, :] * w[None].float()).sum(-1)
 
 
 _half_gemv = {"fn": None, "failed": False}
+# Forwards of at most this many rows read the half weights. The kernel reads the weight once per row (no reuse across
+# rows), which still beats MKL's float32 GEMM at 2-4 rows on an AVX2 CPU (Qwen's gate/up at 4 rows: 4.3 vs 8.5 ms,
+# where MKL's small-M GEMM costs 2-3 one-row GEMVs); from about 8 rows MKL's reuse wins.
+HALF_READ_ROWS = 4
 
 
 def half_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
-    """The compiled one-row matmul on half weights -> [1, N], or None where inductor cannot compile here (warned
+    """The compiled few-row matmul on half weights -> [M, N], or None where inductor cannot compile here (warned
     once; the caller reads the float32 weights)."""
     if _half_gemv["failed"]:
         return None
@@ -124,33 +129,33 @@ def half_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
         import warnings
 
         _half_gemv["failed"] = True
-        warnings.warn(f"dyndepth fast path: one-row half-weight matmuls off ({type(exc).__name__}: "
+        warnings.warn(f"dyndepth fast path: half-weight matmuls off ({type(exc).__name__}: "
                       f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}); float32 weights "
                       f"are read instead", RuntimeWarning, stacklevel=2)
         return None
 
 
 class PackedMatmul:
-    """x [..., K] -> x @ W.T + b by row count. One row: a GEMV, bound by memory, so it reads ``half`` (the
-    checkpoint's bf16/fp16 weight, float32 math) when kept, else MKL's GEMV on W. Several rows: a oneDNN-prepacked
-    float32 copy of W when ``pack``, else MKL's GEMM on W."""
+    """x [..., K] -> x @ W.T + b by row count. Up to HALF_READ_ROWS rows: bound by memory, so it reads ``half``
+    (the checkpoint's bf16/fp16 weight, float32 math) when kept, else MKL's GEMV/GEMM on W. More rows: a
+    oneDNN-prepacked float32 copy of W when ``pack``, else MKL's GEMM on W (one row always skips the packed copy)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool = True,
                  half: torch.Tensor | None = None):
         self.weight, self.bias, self.half = weight, bias, half
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None) if pack else None
         self.calls = 0  # multi-row calls that ran on the packed weight
-        self.half_calls = 0  # one-row calls that read the half weight
+        self.half_calls = 0  # calls that read the half weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() == x.shape[-1]:  # one row
-            y = half_gemv(x.reshape(1, -1), self.half) if self.half is not None else None  # [1, N]
-            if y is None:
-                return F.linear(x, self.weight, self.bias)
-            self.half_calls += 1
-            y = y.reshape(*x.shape[:-1], y.shape[-1])
-            return y if self.bias is None else y + self.bias
-        if self.packed is None:
+        rows = x.numel() // max(1, x.shape[-1])
+        if self.half is not None and 0 < rows <= HALF_READ_ROWS:
+            y = half_gemv(x.reshape(rows, -1), self.half)  # [rows, N]
+            if y is not None:
+                self.half_calls += 1
+                y = y.reshape(*x.shape[:-1], y.shape[-1])
+                return y if self.bias is None else y + self.bias
+        if rows == 1 or self.packed is None:  # one row: MKL's GEMV on the plain weight beats the packed copy
             return F.linear(x, self.weight, self.bias)
         self.calls += 1
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
@@ -195,7 +200,7 @@ def fuse_projections(decoder: nn.Module, pack: bool = False, half: dict | None =
 
 def pack_linears(module: nn.Module, pack: bool = True, half: dict | None = None) -> int:
     """Swap the module's remaining plain float32 ``nn.Linear``s for PackedLinears (prepacked when ``pack``; reading
-    ``half[id(linear)]`` for one row when given) -> count."""
+    ``half[id(linear)]`` for few rows when given) -> count."""
     swaps = [(parent, name, m) for parent in module.modules() for name, m in parent.named_children()
              if _plain_linear(m) and m.weight.dtype == torch.float32 and (pack or id(m) in (half or {}))]
     for parent, name, m in swaps:
@@ -211,7 +216,7 @@ def apply_fast_path(model: nn.Module, dtype: torch.dtype | None = None, *, upcas
     ``dtype`` is bf16/fp16 and the CPU has no native matmul for it). fuse: fused q/k/v and gate/up
     projections; pack: oneDNN-prepacked weights for multi-row forwards (float32, costs a weight copy). Both are
     off by default: exact, but neither beat eager by a clear margin on the 2-core AVX2 machine of the study
-    (docs/FASTPATH.md); the upcast did (2-4x on a bf16 checkpoint). half_read: one-row matmuls of the decoder and
+    (docs/FASTPATH.md); the upcast did (2-4x on a bf16 checkpoint). half_read: few-row matmuls of the decoder and
     lm_head read the checkpoint's half weights (None: exactly when upcasting; 1.56x on Qwen2.5-1.5B's plain
     decoding there).
     Where nothing applies the model is left as it is and the name says why."""
@@ -226,7 +231,7 @@ def apply_fast_path(model: nn.Module, dtype: torch.dtype | None = None, *, upcas
     steps = []
     if upcast is None:
         upcast = dtype in (torch.bfloat16, torch.float16) and not native_half_matmul(dtype)
-    halves: dict = {}  # id(linear) -> its checkpoint weight, kept for one-row reads
+    halves: dict = {}  # id(linear) -> its checkpoint weight, kept for few-row reads
     if upcast and dtype != torch.float32:
         name = str(dtype).replace("torch.", "")
         why = "" if native_half_matmul(dtype) else f": no native {name} matmul on this CPU"
@@ -249,7 +254,7 @@ def apply_fast_path(model: nn.Module, dtype: torch.dtype | None = None, *, upcas
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if _plain_linear(head) and id(head) in halves and hasattr(model, "set_output_embeddings"):
             model.set_output_embeddings(PackedLinear(head, False, halves[id(head)]))
-        steps.append("one-row linears read the half weights")
+        steps.append(f"linears of up to {HALF_READ_ROWS} rows read the half weights")
     if not steps:
         return f"eager ({'; '.join(notes) or 'nothing applies to this model'})"
     return "cpu: " + " + ".join(steps) + (f" ({'; '.join(notes)})" if notes else "")
