@@ -87,6 +87,19 @@ def test_a_busy_start_does_not_flatten_the_verify_curve(target, head, tmp_path, 
     assert cache_path(cost_key(dec)).is_file()
 
 
+def test_the_cached_curves_belong_to_the_forward_that_ran(target, head):
+    """A curve measured on one forward (e.g. before the fast path's one-row half reads) is not read for another."""
+    from types import SimpleNamespace
+
+    dec = SimpleNamespace(target=target, head=head, top_k=3, total_tokens=12)
+    before = cost_key(dec)
+    target.fast_path, kept = "cpu: float32 compute (...) + one-row linears read the half weights", target.fast_path
+    try:
+        assert cache_path(cost_key(dec)) != cache_path(before) and cost_key(dec)["forward"] != before["forward"]
+    finally:
+        target.fast_path = kept
+
+
 def _slow_n1(monkeypatch, slow_calls: int):
     """Make the first ``slow_calls`` timings of N = 1 look 78 ms slower (the probe's own clock, no sleeping)."""
     real, seen = curves._elapsed, [0]

@@ -5,9 +5,10 @@
 
 where c(N) is the piecewise-linear interpolation of the probed curve verify_s[N]. The probe itself (measuring on
 the loaded target and head) lives above the policies, in ``dyndepth.calibrate``; this module holds the model, its
-online correction and its cache: JSON under ``$DYNDEPTH_HOME/costs/`` keyed by model, head, dtype, device, threads,
-beam width and PROBE_VERSION, so later runs start instantly. While decoding, ``observe`` corrects the curves from
-measured step times, so a machine that gets busier or a longer context (attention grows with it) is followed:
+online correction and its cache: JSON under ``$DYNDEPTH_HOME/costs/`` keyed by model, head, dtype, device,
+threads, beam width, the forward (``Target.fast_path``) and PROBE_VERSION, so later runs start instantly. While
+decoding, ``observe`` corrects the curves from measured step times, so a machine that gets busier or a longer
+context (attention grows with it) is followed:
 
 both lines are refitted after every step (``OnlineLine``: exponentially weighted least squares of the measured
 times, memory 1 / update_rate steps) so that the fixed part and the part that grows with the tree are corrected
@@ -255,7 +256,8 @@ def cost_key(decoder, head_name: str | None = None) -> dict:
     return {"model": str(name), "layers": int(getattr(target.config, "num_hidden_layers", 0)),
             "hidden": int(getattr(target.config, "hidden_size", 0)), "head": head_name or _head_id(decoder.head),
             "dtype": str(target.dtype), "device": str(target.device), "threads": torch.get_num_threads(),
-            "top_k": decoder.top_k, "max_n": decoder.total_tokens, "probe": PROBE_VERSION}
+            "top_k": decoder.top_k, "max_n": decoder.total_tokens, "probe": PROBE_VERSION,
+            "forward": str(getattr(target, "fast_path", "eager"))}  # a new forward (e.g. half reads) costs anew
 
 
 def _head_id(head) -> str:
