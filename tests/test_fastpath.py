@@ -17,6 +17,7 @@ import tiny_models
 from dyndepth import fastpath
 from dyndepth.errors import DyndepthError
 from dyndepth.fastpath import FusedPart, PackedLinear, apply_fast_path, fast_path_calls
+from dyndepth.kernels import half_gemm
 from dyndepth.sampling import SamplingParams
 from dyndepth.target import Target
 from dyndepth.validate import OptionError
@@ -75,14 +76,51 @@ def test_default_fast_path_on_a_bf16_checkpoint(monkeypatch):
     test_exactness_tiny.test_greedy_matches_transformers("qwen2", "ddd", DDD)
     [(name, model)] = made
     assert name == ("cpu: float32 compute (bfloat16 weights upcast: no native bfloat16 matmul on this CPU) + "
-                    "linears of up to 4 rows read the half weights")
+                    f"linears of up to {fastpath.half_read_rows()} rows read the half weights")
     assert fast_path_calls(model)["half_read"] > 0  # transformers' plain greedy steps and root-only trees
 
 
-def test_one_row_half_read_is_float32_math_on_the_half_weights(monkeypatch):
-    """A matmul of up to HALF_READ_ROWS rows on the kept bf16 weight equals float32 math on its exact upcast
-    (summation order aside); more rows read the float32 weight; where inductor cannot compile it warns once and
-    reads float32."""
+def test_a_bf16_head_reads_its_half_weights_beside_a_fast_path_target(monkeypatch, tmp_path):
+    """A bf16 head checkpoint loaded for a target whose fast path reads half weights computes in float32 and reads
+    its own half weights, and its draft logits read the target's half lm_head (over a draft vocabulary); greedy
+    output still equals the target's greedy generate."""
+    from dyndepth.decoder import SpeculativeDecoder, load_head
+    from dyndepth.head import DraftHead, head_config
+    from dyndepth.head.checkpoint import save_eagle
+
+    monkeypatch.setattr(fastpath, "native_half_matmul", lambda dtype: False)
+    model = tiny_models.tiny_target("qwen2", 0, torch.bfloat16).model
+    apply_fast_path(model)
+    target = Target(model, tokenizer=None)
+    torch.manual_seed(1)
+    head = DraftHead(head_config(target.config))
+    head.set_draft_vocab(torch.arange(0, tiny_models.VOCAB, 2))  # even ids only
+    save_eagle(head, tmp_path / "head")
+    draft = load_head(str(tmp_path / "head"), "tiny", target)
+    assert next(draft.parameters()).dtype == torch.float32
+    assert fastpath.half_weight(draft.fc) is not None and fastpath.half_weight(draft.fc).dtype == torch.bfloat16
+    dec = SpeculativeDecoder(target, draft, policy="ddd", drafter="head", **DDD)
+    prompt = list(range(5, 17))
+    expected = model.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False, pad_token_id=0,
+                              eos_token_id=None)[0, len(prompt):].tolist()
+    out = dec.generate(prompt, max_new_tokens=24)
+    assert out.token_ids == expected
+    assert fast_path_calls(draft)["half_read"] > 0  # the head's own linears
+    assert draft._target["draft_matmul"].half_calls > 0  # its logits on the target's half lm_head rows
+    assert out.stats.steps < 24  # it drafted (some steps committed more than one token)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-kernel", "inductor"])
+def test_few_row_half_read_is_float32_math_on_the_half_weights(monkeypatch, native):
+    """A matmul of up to half_read_rows() rows on the kept bf16 weight equals float32 math on its exact upcast
+    (summation order aside), with the native kernel and with inductor's where the kernel is not built; more rows read
+    the float32 weight; where inductor cannot compile either it warns once and reads float32."""
+    if native:
+        assert half_gemm.available(), half_gemm.why_not()  # CI's machines have AVX2 and a C compiler
+    else:
+        monkeypatch.setattr(half_gemm, "available", lambda: False)
+    rows = fastpath.half_read_rows()
+    assert rows == (fastpath.HALF_READ_ROWS if native else fastpath.INDUCTOR_ROWS)
     torch.manual_seed(0)
     half = (torch.randn(48, 40) * 0.1).to(torch.bfloat16)  # [N, K]
     weight, bias = half.float(), torch.randn(48)
@@ -90,13 +128,14 @@ def test_one_row_half_read_is_float32_math_on_the_half_weights(monkeypatch):
     x = torch.randn(1, 1, 40)
     torch.testing.assert_close(mm(x), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
     assert mm.half_calls == 1 and mm(x).shape == (1, 1, 48)
-    few = torch.randn(fastpath.HALF_READ_ROWS, 40)
+    few = torch.randn(rows, 40)
     torch.testing.assert_close(mm(few), F.linear(few, weight, bias), rtol=1e-5, atol=1e-5)
     assert mm.half_calls == 3
     calls = mm.half_calls
-    many = torch.randn(fastpath.HALF_READ_ROWS + 1, 40)
+    many = torch.randn(rows + 1, 40)
     assert torch.equal(mm(many), F.linear(many, weight, bias)) and mm.half_calls == calls
-
+    if native:
+        return
     def no_compiler(x, w):
         raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
 
@@ -105,6 +144,36 @@ def test_one_row_half_read_is_float32_math_on_the_half_weights(monkeypatch):
         y = mm(x)
     assert torch.equal(y, F.linear(x, weight, bias)) and mm.half_calls == calls
     assert torch.equal(mm(x), y)  # no second try, no second warning
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("k", [1, 8, 37, 576])
+def test_the_native_kernel_computes_each_row_alone(dtype, k):
+    """half_gemm on odd shapes (k not a multiple of 8, n not of the block) equals float32 math on the upcast weight,
+    and each row's result is bitwise the same whatever rows share the call: a token's logits do not depend on the
+    tree or batch it is verified in."""
+    assert half_gemm.available(), half_gemm.why_not()
+    torch.manual_seed(k)
+    w = (torch.randn(23, k) * 0.1).to(dtype)  # [N, K], N not a multiple of the kernel's 4-row block
+    x = torch.randn(7, k)  # [M, K]: pairs of rows and an odd one
+    y = half_gemm.half_gemm(x, w)
+    torch.testing.assert_close(y, x @ w.float().T, rtol=1e-5, atol=1e-5)
+    for i in range(7):
+        assert torch.equal(half_gemm.half_gemm(x[i:i + 1], w), y[i:i + 1])
+        assert torch.equal(half_gemm.half_gemm(x[max(0, i - 2):i + 1], w)[-1], y[i])
+    with pytest.raises(ValueError, match="half_gemm"):
+        half_gemm.half_gemm(x.double(), w)
+
+
+def test_without_a_compiler_the_kernel_says_why(monkeypatch, tmp_path):
+    """A machine without a working C compiler: the kernel is not available, the reason is one line, and the fast path
+    falls back (to inductor's few-row kernel or float32)."""
+    monkeypatch.setenv("DYNDEPTH_HOME", str(tmp_path))  # no cached build to reuse
+    monkeypatch.setenv("CC", "/bin/false")
+    monkeypatch.setattr(half_gemm, "_state", {"fn": None, "why": None})
+    assert not half_gemm.available()
+    assert "false failed" in half_gemm.why_not()
+    assert fastpath.half_read_rows() == fastpath.INDUCTOR_ROWS
 
 
 def test_deep_accepted_paths_on_the_fast_path(fast_models):
@@ -164,7 +233,7 @@ def test_upcast_is_exact_and_follows_the_cpu(monkeypatch):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     name = apply_fast_path(model)  # the defaults: the upcast and one-row half reads
     assert name == ("cpu: float32 compute (bfloat16 weights upcast: no native bfloat16 matmul on this CPU) + "
-                    "linears of up to 4 rows read the half weights")
+                    f"linears of up to {fastpath.half_read_rows()} rows read the half weights")
     after = model.state_dict()
     assert after.keys() == before.keys()
     assert all(v.dtype == torch.float32 and torch.equal(v, before[k].float()) for k, v in after.items())

@@ -36,6 +36,7 @@ from dyndepth.drafters.suffix import SuffixOptions
 from dyndepth.engine.scheduler import DEFAULT_MAX_BATCH, Scheduler
 from dyndepth.engine.sequence import Sequence
 from dyndepth.errors import DyndepthError
+from dyndepth.fastpath import apply_fast_path, half_weight
 from dyndepth.head import DraftHead, DraftKV, StaticDraftKV, head_config
 from dyndepth.policies import AUTO_OPTIONS, DepthPolicy, make_policy
 from dyndepth.request import GenerationRequest, ResolvedRequest
@@ -93,7 +94,7 @@ class SpeculativeDecoder:
         self.head = head
         self.drafting = DraftStage(kind, self.policy, suffix_options, tree.get("suffix_cache", 0))
         if head is not None:
-            head.bind(target.embed, target.lm_head.weight)
+            head.bind(target.embed, target.lm_head.weight, half_weight(target.lm_head))
         device_kind = "cuda" if target.device.type == "cuda" else "cpu"
         defaults = AUTO_TOTAL_TOKENS if self.policy.name == "auto" else DEFAULT_TOTAL_TOKENS
         self.total_tokens = int(tree.get("total_tokens") or defaults[device_kind])
@@ -430,6 +431,10 @@ def load_head(head, target_name: str, target: Target, seed: int = 0):
         return draft.to(device=target.device, dtype=target.dtype)
     from dyndepth.head import load_head_dir
 
-    draft = load_head_dir(head, dtype=target.dtype, device=target.device)
+    half = half_weight(target.lm_head) is not None  # the target reads its half weights: so does the head
+    draft = load_head_dir(head, dtype=None if half else target.dtype, device=target.device)
+    if half and next(draft.parameters()).dtype in (torch.bfloat16, torch.float16):
+        apply_fast_path(draft, upcast=True)  # float32 math, few-row linears read the checkpoint's half weights
+    draft.to(dtype=target.dtype)
     draft.feature_layers(target.num_layers)  # an EAGLE-3 head's layers must exist in this target
     return draft

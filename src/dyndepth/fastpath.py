@@ -13,17 +13,18 @@ in docs/FASTPATH.md (scripts/fastpath_ab.py is the paired A/B); the first two ar
   otherwise), so the forward is unchanged and only the number of matmuls drops. The old weights become views
   of the fused one: no extra memory, ``state_dict`` unchanged.
 - **few-row matmuls read the half-precision weights** (``half_read``, on with the upcast): a forward of one to
-  HALF_READ_ROWS rows (plain decoding, small trees, small batches) is bound by memory, so it reads the checkpoint's
-  bf16/fp16 weights (half the bytes of the float32 copy) in an inductor kernel whose math is float32
-  (``half_gemv``; every half value is exactly a float32 value, only the summation order differs from MKL's).
-  Qwen2.5-1.5B on the AVX2 EPYC: plain decoding 1.56x, and up to 4 rows instead of 1 another 1.18x on suffix
-  drafting and 1.36x on 4-row batches; SmolLM2 even (docs/FASTPATH.md). The half tensors are the checkpoint's own,
-  kept instead of freed (1.5x the float32 model's memory); the kernel compiles at the first few-row forward
-  (seconds; inductor caches it on disk across runs). Where inductor cannot compile (no C++
-  compiler), it warns once and reads the float32 weights.
+  HALF_READ_ROWS (32) rows (plain decoding, draft trees, small batches) reads the checkpoint's bf16/fp16 weights
+  (half the bytes of the float32 copy) through the native kernel ``kernels/half_gemm.c``: each weight block is read
+  and converted once (exactly: every half value is a float32 value) and multiplied against every row in float32,
+  the same sum in the same order for a row whatever rows share the call. Qwen2.5-1.5B on the AVX2 EPYC against the
+  inductor kernel it replaced: plain decoding 1.50x, 24-node-tree ``ddd`` 1.85x, ``hybrid`` 1.89x
+  (docs/FASTPATH.md). The half tensors are the checkpoint's own, kept instead of freed (1.5x the float32 model's
+  memory). Without AVX2 or a C compiler an inductor kernel reads them for up to INDUCTOR_ROWS (4) rows; where
+  inductor cannot compile either, it warns once and reads the float32 weights.
 - **prepacked oneDNN matmul for multi-row forwards** (``pack``, float32 only): trees and prefill go through
   ``torch.ops.mkldnn._linear_pointwise`` on a weight reordered once; one-row forwards (plain decoding) keep
-  MKL's GEMV (or the half read, which also takes forwards of up to HALF_READ_ROWS rows). Costs a second copy of every packed weight.
+  MKL's GEMV (the half read takes forwards of up to HALF_READ_ROWS rows first). Costs a second copy of every
+  packed weight.
 
 ``apply_fast_path`` returns a short name of what ran (e.g. ``"cpu: float32 compute (bfloat16 weights upcast:
 no native bfloat16 matmul on this CPU)"``),
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dyndepth.errors import DyndepthError
+from dyndepth.kernels import half_gemm
 
 FUSE_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
@@ -110,16 +112,27 @@ def _half_gemv_eager(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 _half_gemv = {"fn": None, "failed": False}
-# Forwards of at most this many rows read the half weights. The kernel reads the weight once per row (no reuse across
-# rows), which still beats MKL's float32 GEMM at 2-4 rows on an AVX2 CPU (Qwen's gate/up at 4 rows: 4.3 vs 8.5 ms,
-# where MKL's small-M GEMM costs 2-3 one-row GEMVs); from about 8 rows MKL's reuse wins.
-HALF_READ_ROWS = 4
+# Forwards of at most this many rows read the half weights. The native kernel (kernels/half_gemm.c) reads each weight
+# block once for all rows: on the AVX2 EPYC it beats MKL's float32 GEMM up to about 32 rows (Qwen's gate/up at 8 rows:
+# 3.6 vs 9.9 ms; its down_proj at 32 rows: 10.5 vs 10.0 ms), beyond which MKL's packed GEMM wins (prefill).
+HALF_READ_ROWS = 32
+# Without the native kernel (no AVX2, or no C compiler for it) inductor's kernel reads the weight once per row, which
+# still beats MKL at 2-4 rows (gate/up at 4 rows: 4.3 vs 8.5 ms); from about 8 rows MKL's reuse wins.
+INDUCTOR_ROWS = 4
+
+
+def half_read_rows() -> int:
+    """The most rows a matmul reads the half weights for: HALF_READ_ROWS with the native kernel, else
+    INDUCTOR_ROWS."""
+    return HALF_READ_ROWS if half_gemm.available() else INDUCTOR_ROWS
 
 
 def half_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
-    """The compiled few-row matmul on half weights -> [M, N], or None where inductor cannot compile here (warned
-    once; the caller reads the float32 weights)."""
-    if _half_gemv["failed"]:
+    """x [M, K] float32, w [N, K] half -> x @ w.T [M, N]: the native kernel, else the compiled inductor kernel, or
+    None where neither runs here (warned once; the caller reads the float32 weights)."""
+    if half_gemm.available():
+        return half_gemm.half_gemm(x, w)
+    if _half_gemv["failed"] or x.shape[0] > INDUCTOR_ROWS:
         return None
     if _half_gemv["fn"] is None:  # dynamic: one kernel for every weight shape (no recompile per layer shape)
         _half_gemv["fn"] = torch.compile(_half_gemv_eager, dynamic=True)
@@ -136,7 +149,7 @@ def half_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
 
 
 class PackedMatmul:
-    """x [..., K] -> x @ W.T + b by row count. Up to HALF_READ_ROWS rows: bound by memory, so it reads ``half``
+    """x [..., K] -> x @ W.T + b by row count. Up to half_read_rows() rows: bound by memory, so it reads ``half``
     (the checkpoint's bf16/fp16 weight, float32 math) when kept, else MKL's GEMV/GEMM on W. More rows: a
     oneDNN-prepacked float32 copy of W when ``pack``, else MKL's GEMM on W (one row always skips the packed copy)."""
 
@@ -149,7 +162,7 @@ class PackedMatmul:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // max(1, x.shape[-1])
-        if self.half is not None and 0 < rows <= HALF_READ_ROWS:
+        if self.half is not None and 0 < rows <= half_read_rows():
             y = half_gemv(x.reshape(rows, -1), self.half)  # [rows, N]
             if y is not None:
                 self.half_calls += 1
@@ -254,10 +267,16 @@ def apply_fast_path(model: nn.Module, dtype: torch.dtype | None = None, *, upcas
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if _plain_linear(head) and id(head) in halves and hasattr(model, "set_output_embeddings"):
             model.set_output_embeddings(PackedLinear(head, False, halves[id(head)]))
-        steps.append(f"linears of up to {HALF_READ_ROWS} rows read the half weights")
+        steps.append(f"linears of up to {half_read_rows()} rows read the half weights")
     if not steps:
         return f"eager ({'; '.join(notes) or 'nothing applies to this model'})"
     return "cpu: " + " + ".join(steps) + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def half_weight(module: nn.Module | None) -> torch.Tensor | None:
+    """The half checkpoint weight a fast-path linear reads for few rows, or None (not a half-reading linear)."""
+    matmul = getattr(module, "matmul", None) if isinstance(module, PackedLinear) else None
+    return None if matmul is None else matmul.half
 
 
 def fast_path_calls(model: nn.Module) -> dict[str, int]:

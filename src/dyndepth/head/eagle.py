@@ -29,6 +29,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding
 
 from dyndepth.errors import DyndepthError
+from dyndepth.fastpath import PackedMatmul
 from dyndepth.head.attention import EagleAttention
 from dyndepth.head.kv import DraftKV
 
@@ -94,7 +95,10 @@ class DraftHead(nn.Module):
         self._target = {}  # the target's embedding module and lm_head weight (not parameters of the head)
 
     # -- binding to the target ------------------------------------------------------------------------
-    def bind(self, embed: nn.Module, lm_head_weight: torch.Tensor) -> "DraftHead":
+    def bind(self, embed: nn.Module, lm_head_weight: torch.Tensor,
+             lm_head_half: torch.Tensor | None = None) -> "DraftHead":
+        """lm_head_half: the target's lm_head in its half checkpoint dtype where its fast path reads those
+        (fastpath.half_weight): the draft logits of a few frontier nodes then read it too."""
         if lm_head_weight.shape[-1] != self.config.hidden_size:
             raise DyndepthError(f"head hidden_size {self.config.hidden_size} does not match the target's "
                                 f"{lm_head_weight.shape[-1]}")
@@ -103,12 +107,17 @@ class DraftHead(nn.Module):
                                 f"{lm_head_weight.shape[0]}")
         self._target["embed"] = embed
         self._target["lm_head"] = lm_head_weight
+        self._target["lm_head_half"] = lm_head_half
         self.refresh_draft_lm_head()
         return self
 
     def refresh_draft_lm_head(self) -> None:
-        w = self._target["lm_head"]
-        self._target["draft_lm_head"] = w if self.draft_vocab is None else w[self.draft_vocab.to(w.device)]
+        w, half = self._target["lm_head"], self._target.get("lm_head_half")
+        if self.draft_vocab is not None:
+            w = w[self.draft_vocab.to(w.device)]
+            half = None if half is None else half[self.draft_vocab.to(half.device)]
+        self._target["draft_lm_head"] = w  # [V_d, H]
+        self._target["draft_matmul"] = None if half is None else PackedMatmul(w, None, pack=False, half=half)
 
     def set_draft_vocab(self, target_ids: torch.Tensor | None) -> None:
         self.draft_vocab = None if target_ids is None else target_ids.long().sort().values.to(self.fc.weight.device)
@@ -143,7 +152,8 @@ class DraftHead(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., H] -> draft logits [..., V_d] (over the draft vocabulary)."""
-        return F.linear(hidden, self._target["draft_lm_head"])
+        matmul = self._target.get("draft_matmul")
+        return F.linear(hidden, self._target["draft_lm_head"]) if matmul is None else matmul(hidden)
 
     def to_target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
         return draft_ids if self.draft_vocab is None else self.draft_vocab[draft_ids]
