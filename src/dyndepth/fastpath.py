@@ -13,7 +13,7 @@ in docs/FASTPATH.md (scripts/fastpath_ab.py is the paired A/B); the first two ar
   otherwise), so the forward is unchanged and only the number of matmuls drops. The old weights become views
   of the fused one: no extra memory, ``state_dict`` unchanged.
 - **few-row matmuls read the half-precision weights** (``half_read``, on with the upcast): a forward of one to
-  HALF_READ_ROWS (32) rows (plain decoding, draft trees, small batches) reads the checkpoint's bf16/fp16 weights
+  HALF_READ_ROWS (48) rows (plain decoding, draft trees, small batches) reads the checkpoint's bf16/fp16 weights
   (half the bytes of the float32 copy) through the native kernel ``kernels/half_gemm.c``: each weight block is read
   and converted once (exactly: every half value is a float32 value) and multiplied against every row in float32,
   the same sum in the same order for a row whatever rows share the call. Qwen2.5-1.5B on the AVX2 EPYC against the
@@ -113,9 +113,10 @@ def _half_gemv_eager(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 _half_gemv = {"fn": None, "failed": False}
 # Forwards of at most this many rows read the half weights. The native kernel (kernels/half_gemm.c) reads each weight
-# block once for all rows: on the AVX2 EPYC it beats MKL's float32 GEMM up to about 32 rows (Qwen's gate/up at 8 rows:
-# 3.6 vs 9.9 ms; its down_proj at 32 rows: 10.5 vs 10.0 ms), beyond which MKL's packed GEMM wins (prefill).
-HALF_READ_ROWS = 32
+# block once for all rows: on the AVX2 EPYC it beats MKL's float32 GEMM at every row count measured, 1 to 48 (Qwen's
+# gate/up at 8 rows: 1.9 vs 6.9 ms, at 48: 9.0 vs 13.7 ms; docs/results/half-kernel-ab/linears.log); prefill's
+# hundreds of rows keep MKL.
+HALF_READ_ROWS = 48
 # Without the native kernel (no AVX2, or no C compiler for it) inductor's kernel reads the weight once per row, which
 # still beats MKL at 2-4 rows (gate/up at 4 rows: 4.3 vs 8.5 ms); from about 8 rows MKL's reuse wins.
 INDUCTOR_ROWS = 4
