@@ -76,7 +76,7 @@ def test_default_fast_path_on_a_bf16_checkpoint(monkeypatch):
     test_exactness_tiny.test_greedy_matches_transformers("qwen2", "ddd", DDD)
     [(name, model)] = made
     assert name == ("cpu: float32 compute (bfloat16 weights upcast: no native bfloat16 matmul on this CPU) + "
-                    f"linears of up to {fastpath.half_read_rows()} rows read the half weights")
+                    f"linears of up to {fastpath.HALF_READ_ROWS} rows read the half weights (native kernel)")
     assert fast_path_calls(model)["half_read"] > 0  # transformers' plain greedy steps and root-only trees
 
 
@@ -174,6 +174,9 @@ def test_without_a_compiler_the_kernel_says_why(monkeypatch, tmp_path):
     assert not half_gemm.available()
     assert "false failed" in half_gemm.why_not()
     assert fastpath.half_read_rows() == fastpath.INDUCTOR_ROWS
+    monkeypatch.setattr(fastpath, "native_half_matmul", lambda dtype: False)
+    model = tiny_models.tiny_target("llama", dtype=torch.bfloat16).model
+    assert apply_fast_path(model).endswith("linears of up to 4 rows read the half weights (inductor kernel)")
 
 
 def test_deep_accepted_paths_on_the_fast_path(fast_models):
@@ -233,7 +236,7 @@ def test_upcast_is_exact_and_follows_the_cpu(monkeypatch):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     name = apply_fast_path(model)  # the defaults: the upcast and one-row half reads
     assert name == ("cpu: float32 compute (bfloat16 weights upcast: no native bfloat16 matmul on this CPU) + "
-                    f"linears of up to {fastpath.half_read_rows()} rows read the half weights")
+                    f"linears of up to {fastpath.HALF_READ_ROWS} rows read the half weights (native kernel)")
     after = model.state_dict()
     assert after.keys() == before.keys()
     assert all(v.dtype == torch.float32 and torch.equal(v, before[k].float()) for k, v in after.items())

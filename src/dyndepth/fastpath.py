@@ -268,7 +268,8 @@ def apply_fast_path(model: nn.Module, dtype: torch.dtype | None = None, *, upcas
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if _plain_linear(head) and id(head) in halves and hasattr(model, "set_output_embeddings"):
             model.set_output_embeddings(PackedLinear(head, False, halves[id(head)]))
-        steps.append(f"linears of up to {half_read_rows()} rows read the half weights")
+        kernel = "native kernel" if half_gemm.available() else "inductor kernel"
+        steps.append(f"linears of up to {half_read_rows()} rows read the half weights ({kernel})")
     if not steps:
         return f"eager ({'; '.join(notes) or 'nothing applies to this model'})"
     return "cpu: " + " + ".join(steps) + (f" ({'; '.join(notes)})" if notes else "")
