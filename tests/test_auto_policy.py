@@ -399,3 +399,108 @@ def test_tries_of_the_losing_mode_back_off_and_a_changed_load_is_still_followed(
     assert sum(choices[EXPLORE_AFTER + 1:600]) <= 6  # tries after 16, 32, 64, 128, 256 steps: not every 16
     assert sum(choices[1100:]) > 0.95 * len(choices[1100:])  # drafting won its tries and is used again
     assert EXPLORE_MAX >= 128
+
+
+def _measure_class(policy, rows: int, rates: dict, steps: int = 40) -> None:
+    """Run ``steps`` steps of ``rows`` rows whose committed tokens per second are rates[drafted]."""
+    from dyndepth.stats import StepStats
+
+    for _ in range(steps):
+        drafted = policy.drafts(rows, rows)
+        policy.observe_batch([StepStats(committed=1, accepted=0, depth=2 if drafted else 0,
+                                        tree_size=4 if drafted else 1, draft_time_s=0.0,
+                                        verify_time_s=rows / rates[drafted], batch_rows=rows,
+                                        batch_tokens=4 * rows) for _ in range(rows)])
+
+
+@pytest.mark.parametrize("costs,drafts_first", [(FLAT, True), (STEEP, False)])
+def test_a_new_batch_size_class_starts_in_the_mode_the_cost_model_prices_higher(costs, drafts_first):
+    """With the rows' gains learnt at batch 1, a class of 8 rows is priced before it runs: where each verified
+    node and draft level costs a lot (STEEP: 8 rows' draft levels and nodes outweigh ~1.5 tokens gained per row)
+    it starts with plain steps, where verification is flat it drafts; either way it tries the other mode after
+    EXPLORE_AFTER steps."""
+    from dyndepth.policies.auto import EXPLORE_AFTER
+
+    policy = auto(cost_curve(**costs))
+    grow(policy, SPREAD)  # one batch-1 step: the per-rank gains
+    assert policy._gain is not None and 0.5 < float(policy._gain.sum()) < N_MAX
+    choices = [policy.drafts(8, 8) for _ in range(EXPLORE_AFTER - 1)]  # nothing measured: no try yet
+    assert choices == [drafts_first] * (EXPLORE_AFTER - 1)
+    assert policy._modes[4]["guess"] is drafts_first
+
+
+def test_a_class_priced_far_below_plain_waits_long_before_trying_to_draft():
+    """A drafting step that loses costs several plain steps on a CPU: where the cost model prices drafting under
+    SURE_PLAIN of plain decoding, the first try waits EXPLORE_MAX steps instead of EXPLORE_AFTER."""
+    from dyndepth.policies.auto import EXPLORE_AFTER, EXPLORE_MAX, SURE_PLAIN
+
+    policy = auto(cost_curve(**STEEP))
+    grow(policy, SPREAD)
+    _measure_class(policy, 8, {True: 20.0, False: 40.0}, steps=EXPLORE_MAX + 8)
+    m = policy._modes[4]
+    assert m["guess"] is False and m["priced"] < SURE_PLAIN
+    assert m["draft"] is not None and m["n"] > EXPLORE_MAX  # tried once, after the long wait ...
+    policy = auto(cost_curve(**STEEP))
+    grow(policy, SPREAD)
+    _measure_class(policy, 8, {True: 20.0, False: 40.0}, steps=EXPLORE_MAX - 1)
+    assert policy._modes[4]["draft"] is None  # ... and not before it
+    assert EXPLORE_MAX > 4 * EXPLORE_AFTER
+
+
+def test_a_class_that_another_class_decides_starts_in_that_mode():
+    """Speculation pays less as rows are added: once 4-7 rows measured plain steps faster, 16 rows start plain
+    (even where the cost model would draft), and once 8-15 rows measured drafting faster, 2 rows start drafting."""
+    from dyndepth.policies.auto import EXPLORE_MAX
+
+    policy = auto(cost_curve(**FLAT))
+    grow(policy, CONFIDENT)
+    _measure_class(policy, 4, {True: 10.0, False: 40.0})
+    assert policy._modes[3]["plain"] > policy._modes[3]["draft"]
+    assert policy.drafts(16, 16) is False
+
+    policy = auto(cost_curve(**STEEP))
+    grow(policy, SPREAD)
+    _measure_class(policy, 8, {True: 60.0, False: 40.0}, steps=EXPLORE_MAX + 40)  # priced sure-plain: a late try
+    assert policy._modes[4]["draft"] > policy._modes[4]["plain"]
+    assert policy.drafts(2, 2) is True
+
+
+def test_a_drafting_step_that_catches_up_on_a_backlog_is_not_counted_as_the_rate_of_drafting():
+    """The first draft after plain steps (or after the prompt) runs the head over every pair it skipped: a one-off
+    cost of switching. Counting it made every try of drafting look slower than drafting is; the next drafting step,
+    without a backlog, is the one measured."""
+    from dyndepth.stats import StepStats
+
+    policy = auto(cost_curve(**FLAT))
+    grow(policy, SPREAD)
+
+    def step(backlog: bool, rate: float) -> None:
+        assert policy.drafts(4, 4)
+        pool = _pool_of(2, SPREAD)
+        pool.backlog = backlog
+        policy.tree_sizes([pool] * 4, [8] * 4, 4)
+        policy.observe_batch([StepStats(committed=2, accepted=1, depth=2, tree_size=3, draft_time_s=0.0,
+                                        verify_time_s=8 / rate, batch_rows=4, batch_tokens=12) for _ in range(4)])
+
+    step(True, 5.0)  # the prompt's catch-up: slow, and not counted
+    assert policy._modes[3]["draft"] is None
+    step(False, 50.0)
+    assert policy._modes[3]["draft"] == pytest.approx(50.0)
+    step(True, 5.0)
+    assert policy._modes[3]["draft"] == pytest.approx(50.0)
+    assert DraftPool().backlog is False  # a pool without a head forward (suffix only) never has one
+
+
+def test_a_sequence_has_a_backlog_after_its_prompt_and_after_steps_it_did_not_draft():
+    from dyndepth.engine.sequence import Sequence
+
+    s = Sequence.__new__(Sequence)
+    s.pair_tokens = s.pair_feats = None
+    s.pair_steps = 1  # a new sequence: the prompt's pairs wait
+    s.add_pairs(torch.arange(5), torch.zeros(5, 3))  # the prefill's pairs
+    assert s.pair_steps > 1
+    s.take_pairs()  # the first draft catches up
+    s.add_pairs(torch.arange(2), torch.zeros(2, 3))  # a drafting step commits 2 tokens
+    assert s.pair_steps == 1  # no backlog: the next draft takes just that step's pairs
+    s.add_pairs(torch.arange(1), torch.zeros(1, 3))  # a plain step
+    assert s.pair_steps == 2

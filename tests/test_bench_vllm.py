@@ -51,9 +51,10 @@ def test_vllm_answers_equal_vanilla_per_question(tiny_chat_model, tmp_path, fake
 def test_vllm_batches_continuously_and_answers_as_vanilla(tiny_chat_model, tmp_path, fake_vllm):
     code = main(["bench", "--model", str(tiny_chat_model), "--questions", "5", "--max-new-tokens", "6",
                  "--methods", "vanilla,vllm", "--vllm-python", fake_vllm, "--batch-size", "1,3", "--dtype",
-                 "float32", "--threads", "1", "--no-plots", "--out", str(tmp_path / "out")])
+                 "float32", "--threads", "1", "--no-plots", "--only", "vanilla=1", "--out", str(tmp_path / "out")])
     assert code == 0  # the stand-in refuses a 4th running request: the worker keeps to the batch size
     rows = {(r["method"], r["batch_size"]): r for r in
             json.loads((tmp_path / "out" / "throughput.json").read_text())["rows"]}
     assert rows[("vllm", 1)]["same_as_vanilla_batch1"] == rows[("vllm", 3)]["same_as_vanilla_batch1"] == "5/5"
     assert rows[("vllm", 3)]["tokens_per_s"] > 0
+    assert ("vanilla", 3) not in rows  # --only vanilla=1: the reference runs at batch 1 alone

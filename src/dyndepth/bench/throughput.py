@@ -45,8 +45,10 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_throughput(cfg, batch_sizes: list[int]) -> dict:
-    """cfg: a runner.RunConfig (model, methods, params, questions, ...). Writes throughput.json / .md / .png."""
+def run_throughput(cfg, batch_sizes: list[int], only: dict[str, list[int]] | None = None) -> dict:
+    """cfg: a runner.RunConfig (model, methods, params, questions, ...); only: method -> the batch sizes it is
+    limited to (``--only``). Writes throughput.json / .md / .png."""
+    only = only or {}
     import torch
 
     from dyndepth.bench.context import BenchContext
@@ -73,15 +75,18 @@ def run_throughput(cfg, batch_sizes: list[int]) -> dict:
     prompts = [chat_ids(target.tokenizer, [{"role": "user", "content": q.turns[0]}]) for q in questions]
     params = cfg.params
     warm = GenParams(min(params.max_new_tokens, cfg.warmup_tokens), params.temperature, params.top_p, params.top_k)
-    for name, method in methods.items():  # one warm-up batch per method, at the largest batch size
+    for name, method in methods.items():  # one warm-up batch per method, at its largest batch size
         t0 = time.perf_counter()
-        method.generate_batch(prompts[:max(batch_sizes)], warm, cfg.seed, max(batch_sizes))
+        top = max(only.get(name, batch_sizes))
+        method.generate_batch(prompts[:top], warm, cfg.seed, top)
         log(f"warm-up {name}: {time.perf_counter() - t0:.1f} s")
 
     results: list[BatchResult] = []
     names = list(methods)
     for i, b in enumerate(batch_sizes):
         for name in names[i % len(names):] + names[:i % len(names)]:
+            if b not in only.get(name, batch_sizes):
+                continue
             try:
                 r = methods[name].generate_batch(prompts, params, cfg.seed, b)
             except MethodSkipped as exc:
@@ -93,7 +98,7 @@ def run_throughput(cfg, batch_sizes: list[int]) -> dict:
     info = machine_info(cfg.device)
     run = {"model": cfg.model, "model_id": ctx.model_id, "bench": cfg.bench, "bench_file": str(bench_path),
            "questions": len(questions), "question_ids": [q.question_id for q in questions], "dtype": cfg.dtype,
-           "device": cfg.device, "threads": cfg.threads, "params": asdict(params), "batch_sizes": batch_sizes,
+           "device": cfg.device, "threads": cfg.threads, "params": asdict(params), "batch_sizes": batch_sizes, "only": only,
            "forward": target.fast_path,
            "machine": info, "methods": {n: m.settings() for n, m in methods.items()}, "skipped": skipped,
            "wall_s": round(time.perf_counter() - started, 1)}

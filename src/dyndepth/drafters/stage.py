@@ -127,6 +127,8 @@ class DraftStage:
                 for pool, i in zip(made, head_rows):
                     if len(scored[i]):
                         pool.side_logp = torch.tensor(scored[i].log_p, dtype=torch.float32)
+            for pool, i in zip(made, head_rows):
+                pool.backlog = rows[i].pair_steps > 1
             inputs = [DraftInput(rows[i].draft_kv, *rows[i].take_pairs()) for i in head_rows]
             grown = grow_pools(dec.head, inputs, policy, dec.top_k, pools=made)
             tables = {}  # id(head calibration) -> its table, once per step

@@ -51,6 +51,7 @@ class Sequence:
         self.root: int | None = None  # the last token produced, not yet in the KV cache
         self.pair_tokens: torch.Tensor | None = None  # [n] committed pairs the head has not seen (last = root)
         self.pair_feats: torch.Tensor | None = None  # [n, F] their target features
+        self.pair_steps = 1  # steps whose pairs wait (the prompt counts as one): > 1 at a draft = a backlog
         self.emitted = 0
         self.error: BaseException | None = None
         self.cancelled = False
@@ -68,6 +69,7 @@ class Sequence:
         """Append committed pairs (tokens [n], features [n, F]) for the head's next root forward."""
         if feats is None:
             return
+        self.pair_steps += 1
         if self.pair_tokens is None:
             self.pair_tokens, self.pair_feats = tokens, feats
         else:
@@ -77,6 +79,7 @@ class Sequence:
     def take_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
         tokens, feats = self.pair_tokens, self.pair_feats
         self.pair_tokens = self.pair_feats = None
+        self.pair_steps = 0
         return tokens, feats
 
     # -- what the target's logits become before a token is picked or verified ------------------------------------

@@ -43,14 +43,22 @@ token: as load rises its slope there is steeper and the run rate lambda higher, 
 decoding. A row's depth decision prices its nodes the same way, at the previous step's base, and its draft levels at
 the level cost shared by the rows that drafted.
 
-Whether a step drafts at all is measured, not predicted: per batch-size class (1, 2-3, 4-7, 8-15, ... rows) the
-policy keeps running means of the committed tokens per second of steps that drafted and of steps that did not, and
-drafts when drafting has been faster. It tries plain steps once drafting has a mean (after EXPLORE_AFTER steps), and
-the mode it is not using again after EXPLORE_EVERY steps, so it follows a load that changes; a try that confirms the
-choice doubles the wait before the next (up to EXPLORE_MAX steps: on a CPU a batch's drafting step can cost several
-plain steps, so frequent tries would cost more than they find), a try that overturns it resets the wait. Steps that
-carry a prompt chunk are not counted (their time is the chunk's). So a batch with speculation is not slower than
-the same batch without it for long.
+Whether a step drafts at all is measured: per batch-size class (1, 2-3, 4-7, 8-15, ... rows) the policy keeps
+running means of the committed tokens per second of steps that drafted and of steps that did not, and drafts when
+drafting has been faster. A class starts in the mode it is first priced to win (``_guess``): another class's
+measurements where they decide it (speculation pays less as rows are added, so a smaller class where plain steps
+won says plain, a larger one where drafting won says draft), else the cost model: the rows' mean gain per node in
+rerank order (learnt from every drafting step) merged round-robin over the class's rows, against the class's draft
+seconds (measured, or scaled by rows from the nearest class that drafted) and t_verify; with nothing learnt yet, it
+drafts. After EXPLORE_AFTER steps it tries the other mode (after EXPLORE_MAX steps where the cost model prices
+drafting below SURE_PLAIN of plain decoding: on a CPU a wrong drafting step costs several plain steps, a wrong
+plain step only the tokens speculation would have added), then the mode it is not using again after EXPLORE_EVERY
+steps, so it follows a load that changes; a try that confirms the choice doubles the wait before the next (up to
+EXPLORE_MAX steps: on a CPU a batch's drafting step can cost several plain steps, so frequent tries would cost more
+than they find), a try that overturns it resets the wait. Steps that carry a prompt chunk are not counted (their
+time is the chunk's), nor drafting steps whose head caught up on a backlog (a prompt, or the pairs of plain steps:
+a switch's one-off cost, which made every try of drafting after plain steps look slower than drafting is). So a batch with speculation is not slower than the same batch without it for long, and a
+batch where it cannot pay rarely drafts at all.
 
 Everything per decision is a few vectorised ops over the pool's values (no per-node Python); like DDD's check it
 reads one scalar back per level on CUDA.
@@ -69,9 +77,10 @@ from dyndepth.policies.costs import CostModel
 from dyndepth.tree import HEAD
 
 OBJECTIVES = ("run", "step")
-EXPLORE_AFTER = 8  # drafting steps of a batch-size class before its first plain step
+EXPLORE_AFTER = 8  # steps of a batch-size class in its first mode before the first try of the other
 EXPLORE_EVERY = 16  # steps before the first try of the mode not in use (and after a try that changed the choice)
 EXPLORE_MAX = 256  # the longest wait between two tries (the wait doubles while tries confirm the choice)
+SURE_PLAIN = 0.8  # a new class priced to draft at under this share of plain decoding's rate waits EXPLORE_MAX
 CHILD_RATE = 0.1  # memory of the running mean of children's log-probabilities per (depth, beam rank, child rank)
 
 
@@ -94,6 +103,9 @@ class CostAwarePolicy(DepthPolicy):
     _base: float = field(default=1.0, repr=False)  # tokens a step verifies besides one row's drafted nodes
     _rows: float = field(default=1.0, repr=False)  # rows that share a step's draft levels
     _child: dict = field(default_factory=dict, repr=False)  # depth -> [rows, K] running mean child log-probs
+    _gain: torch.Tensor | None = field(default=None, repr=False)  # [n_max - 1] a row's mean P per rerank rank
+    _draft_s: dict = field(default_factory=dict, repr=False)  # rows class -> [mean rows, mean draft seconds]
+    _backlog: bool = field(default=False, repr=False)  # this step's head forward caught up on a backlog
     _tokens: float = field(default=0.0, repr=False)  # running means of committed tokens and seconds per step
     _seconds: float = field(default=0.0, repr=False)
 
@@ -240,8 +252,17 @@ class CostAwarePolicy(DepthPolicy):
             beam_p = nxt_p[top]
         return True
 
+    def _learn_gain(self, gains: torch.Tensor) -> None:
+        """gains [m]: one row's P(accepted) in rerank order this step -> the running mean per rank (``_guess``)."""
+        g = torch.zeros(max(1, self.n_max - 1))
+        m = min(gains.numel(), g.numel())
+        g[:m] = gains[:m].float()
+        self._gain = g if self._gain is None or self._gain.shape != g.shape else self._gain.lerp_(g, CHILD_RATE)
+
     def tree_size(self, pool, n_max):
+        self._backlog = pool.backlog
         values, p = self._pool_p(pool)
+        self._learn_gain(p[torch.argsort(values.float(), descending=True, stable=True)].cpu())
         cap = self.costs.next_explore()  # a rebased cost curve is measured again by steps of several sizes
         _, n, expected, rate = self.best(values, p, pool.depth, n_cap=cap)
         n = max(1, min(n, n_max))
@@ -251,13 +272,17 @@ class CostAwarePolicy(DepthPolicy):
 
     def drafts(self, rows: int, base_tokens: int) -> bool:
         cls = max(1, rows).bit_length()  # 1, 2-3, 4-7, 8-15, ... rows
-        m = self._modes.setdefault(cls, {"draft": None, "plain": None, "n": 0, "wait": EXPLORE_EVERY, "since": 0})
+        m = self._modes.get(cls)
+        if m is None:
+            guess, ratio = self._guess(cls, rows, base_tokens)
+            m = self._modes[cls] = {"draft": None, "plain": None, "n": 0, "wait": EXPLORE_EVERY, "since": 0,
+                                    "guess": guess, "priced": None if ratio is None else round(ratio, 3)}
+            m["first"] = EXPLORE_MAX if ratio is not None and ratio < SURE_PLAIN else EXPLORE_AFTER
         m["n"] += 1
         trying = False
-        if m["draft"] is None or m["n"] < EXPLORE_AFTER:
-            choice = True
-        elif m["plain"] is None:
-            choice = False
+        if m["draft"] is None or m["plain"] is None:  # the first mode until it has a mean, then one try
+            first = m["guess"]
+            choice = first if m["draft" if first else "plain"] is None or m["n"] < m["first"] else not first
         else:
             best = m["draft"] >= m["plain"]
             m["since"] += 1
@@ -266,19 +291,45 @@ class CostAwarePolicy(DepthPolicy):
         self._mode = (cls, choice, base_tokens <= rows, trying)
         return choice
 
+    def _guess(self, cls: int, rows: int, base: int) -> tuple[bool, float | None]:
+        """The mode a new batch-size class starts in (see the module docstring), True = draft, and the priced
+        ratio of the drafting rate to plain decoding's (None where measurements decided, or nothing is known)."""
+        for c, m in self._modes.items():
+            if m["draft"] is not None and m["plain"] is not None:
+                if c < cls and m["plain"] > m["draft"]:
+                    return False, None
+                if c > cls and m["draft"] > m["plain"]:
+                    return True, None
+        if self._gain is None:
+            return True, None
+        near = min(self._draft_s.items(), key=lambda kv: abs(kv[0] - cls), default=None)
+        if near is None:
+            draft_s = self.costs.draft_time(max(1, self.min_depth)) * rows
+        else:
+            draft_s = near[1][1] * rows / max(near[1][0], 1.0)
+        gain = self._gain.repeat_interleave(rows)  # [(n_max - 1) * rows]: identical rows merged round-robin
+        expected = rows + torch.cat([torch.zeros(1), torch.cumsum(gain, 0)])  # [k + 1]
+        base = max(float(base), float(rows))
+        plain = rows / float(self.costs.verify_time(torch.tensor([base]), rows=rows)[0])
+        seconds = draft_s + self.costs.verify_time(base + torch.arange(expected.numel(), dtype=torch.float32), rows)
+        ratio = float((expected / seconds).max()) / plain
+        return ratio > 1.0, ratio
+
     def tree_sizes(self, pools, n_max, base_tokens: int | None = None):
         """One budget for the batch step: every row's nodes in rerank order, merged by P(accepted), cut where the
         batch's score is best (see the module docstring). One row alone is ``tree_size``."""
         base = max(int(base_tokens or len(pools)), len(pools))
         self._rows = float(len(pools))
+        self._backlog = any(p.backlog for p in pools)
         if len(pools) == 1 and base == 1:
             self._base = 1.0
             return [self.tree_size(pools[0], n_max[0])]
         gains = []  # per row: P(accepted) of its nodes in rerank order (the order select() keeps them in)
         for pool, cap in zip(pools, n_max):
             values, p = self._pool_p(pool)
-            order = torch.argsort(values.float(), descending=True, stable=True)[: max(0, cap - 1)]
-            gains.append(p[order].float().tolist())
+            ranked = p[torch.argsort(values.float(), descending=True, stable=True)].float().cpu()
+            self._learn_gain(ranked)
+            gains.append(ranked[: max(0, cap - 1)].tolist())
         picked, owner = _merge(gains)  # [m] gains in pick order and the row of each
         cum = torch.cumsum(torch.tensor([0.0] + picked), 0)  # [m + 1]
         expected = len(pools) + cum
@@ -326,17 +377,27 @@ class CostAwarePolicy(DepthPolicy):
             committed = sum(s.accepted + 1 for s in steps)
             self._tokens += a * (committed - self._tokens)
             self._seconds += a * (seconds - self._seconds)
-            if self._mode is not None and self._mode[2]:  # a step without a prompt chunk: the mode's rate
+            clean = self._mode is not None and self._mode[2] and not (self._mode[1] and self._backlog)
+            if clean and self._mode[1] and first.draft_time_s > 0:  # the class's draft seconds
+                d = self._draft_s.setdefault(self._mode[0], [float(len(steps)), first.draft_time_s])
+                d[0] += 0.2 * (len(steps) - d[0])
+                d[1] += 0.2 * (first.draft_time_s - d[1])
+            if clean:  # no prompt chunk, no backlog: the mode's rate
                 m = self._modes[self._mode[0]]
                 key = "draft" if self._mode[1] else "plain"
-                rate = committed / seconds
-                w = 0.5 if self._mode[3] else 4 * self.cost_update_rate  # a try's rate is news: the mean is old
-                m[key] = rate if m[key] is None else m[key] + w * (rate - m[key])
+                w = 0.75 if self._mode[3] else 4 * self.cost_update_rate  # a try is news: the mean is old
+                # the rate is the ratio of the running means of tokens and seconds (a mean of per-step ratios
+                # overrates the mode whose steps vary most: drafting)
+                sums = m.setdefault(f"{key}_sums", [committed, seconds])
+                if m[key] is not None:
+                    sums[0] += w * (committed - sums[0])
+                    sums[1] += w * (seconds - sums[1])
+                m[key] = sums[0] / sums[1]
                 if self._mode[3]:  # a try of the mode not in use: wait longer if it lost again, else start over
                     lost = (m["draft"] >= m["plain"]) != self._mode[1]
                     m["wait"] = min(2 * m["wait"], EXPLORE_MAX) if lost else EXPLORE_EVERY
                     m["since"] = 0
-        self._mode = None
+        self._mode, self._backlog = None, False
 
     def describe(self) -> dict:
         return {"policy": self.name, "max_depth": self.max_depth, "min_depth": self.min_depth,
@@ -356,7 +417,8 @@ class CostAwarePolicy(DepthPolicy):
                              if self.costs else None),
                 "run_rate": round(self.run_rate, 3) if self.run_rate else None,
                 "draft_or_plain": {f"rows<{2 ** c}": {k: round(v, 3) if isinstance(v, float) else v
-                                                      for k, v in m.items()} for c, m in sorted(self._modes.items())}}
+                                                      for k, v in m.items() if not k.endswith("_sums")}
+                                   for c, m in sorted(self._modes.items())}}
 
 
 def _merge(gains: list[list[float]]) -> tuple[list[float], list[int]]:
