@@ -431,19 +431,26 @@ def test_a_new_batch_size_class_starts_in_the_mode_the_cost_model_prices_higher(
 
 def test_a_class_priced_far_below_plain_waits_long_before_trying_to_draft():
     """A drafting step that loses costs several plain steps on a CPU: where the cost model prices drafting under
-    SURE_PLAIN of plain decoding, the first try waits EXPLORE_MAX steps instead of EXPLORE_AFTER."""
+    SURE_PLAIN of plain decoding from measured draft times, the first try waits EXPLORE_MAX steps instead of
+    EXPLORE_AFTER."""
     from dyndepth.policies.auto import EXPLORE_AFTER, EXPLORE_MAX, SURE_PLAIN
 
     policy = auto(cost_curve(**STEEP))
     grow(policy, SPREAD)
+    policy._draft_s[1] = [1.0, policy.costs.draft_time(2)]  # a measured batch-1 draft: the price is not a guess
     _measure_class(policy, 8, {True: 20.0, False: 40.0}, steps=EXPLORE_MAX + 8)
     m = policy._modes[4]
     assert m["guess"] is False and m["priced"] < SURE_PLAIN
     assert m["draft"] is not None and m["n"] > EXPLORE_MAX  # tried once, after the long wait ...
     policy = auto(cost_curve(**STEEP))
     grow(policy, SPREAD)
+    policy._draft_s[1] = [1.0, policy.costs.draft_time(2)]
     _measure_class(policy, 8, {True: 20.0, False: 40.0}, steps=EXPLORE_MAX - 1)
     assert policy._modes[4]["draft"] is None  # ... and not before it
+    policy = auto(cost_curve(**STEEP))
+    grow(policy, SPREAD)  # no draft time measured yet: priced plain, but tried after EXPLORE_AFTER steps
+    _measure_class(policy, 8, {True: 20.0, False: 40.0}, steps=2 * EXPLORE_AFTER)
+    assert policy._modes[4]["guess"] is False and policy._modes[4]["draft"] is not None
     assert EXPLORE_MAX > 4 * EXPLORE_AFTER
 
 

@@ -84,8 +84,12 @@ def check_joint_distribution(toy_target, params, policy="fixed", drafter="head",
         from dyndepth.policies import CostAwarePolicy
         from dyndepth.policies.costs import CostModel
 
+        class EveryStepDrafts(CostAwarePolicy):  # the law under auto's varying trees: its draft-or-plain
+            def drafts(self, rows, base_tokens):   # switch (a plain step verifies the root alone) would price
+                return True                        # this deliberately wrong head out of most steps
+
         costs = CostModel([1, 2, 4, 6], [0.01, 0.0102, 0.0106, 0.011], draft_base_s=0.0005, draft_level_s=0.0005)
-        dec = SpeculativeDecoder(toy_target, head, policy=CostAwarePolicy(costs=costs, max_depth=3), top_k=2,
+        dec = SpeculativeDecoder(toy_target, head, policy=EveryStepDrafts(costs=costs, max_depth=3), top_k=2,
                                  total_tokens=6, drafter=drafter)
     else:
         dec = SpeculativeDecoder(toy_target, head, policy=policy, top_k=2, total_tokens=6, max_depth=3,

@@ -51,7 +51,7 @@ won says plain, a larger one where drafting won says draft), else the cost model
 rerank order (learnt from every drafting step) merged round-robin over the class's rows, against the class's draft
 seconds (measured, or scaled by rows from the nearest class that drafted) and t_verify; with nothing learnt yet, it
 drafts. After EXPLORE_AFTER steps it tries the other mode (after EXPLORE_MAX steps where the cost model prices
-drafting below SURE_PLAIN of plain decoding: on a CPU a wrong drafting step costs several plain steps, a wrong
+drafting below SURE_PLAIN of plain decoding from measured draft times: on a CPU a wrong drafting step costs several plain steps, a wrong
 plain step only the tokens speculation would have added), then the mode it is not using again after EXPLORE_EVERY
 steps, so it follows a load that changes; a try that confirms the choice doubles the wait before the next (up to
 EXPLORE_MAX steps: on a CPU a batch's drafting step can cost several plain steps, so frequent tries would cost more
@@ -277,12 +277,16 @@ class CostAwarePolicy(DepthPolicy):
             guess, ratio = self._guess(cls, rows, base_tokens)
             m = self._modes[cls] = {"draft": None, "plain": None, "n": 0, "wait": EXPLORE_EVERY, "since": 0,
                                     "guess": guess, "priced": None if ratio is None else round(ratio, 3)}
-            m["first"] = EXPLORE_MAX if ratio is not None and ratio < SURE_PLAIN else EXPLORE_AFTER
+            sure = ratio is not None and ratio < SURE_PLAIN and bool(self._draft_s)  # priced from measured drafts
+            m["first"] = EXPLORE_MAX if sure else EXPLORE_AFTER
         m["n"] += 1
         trying = False
-        if m["draft"] is None or m["plain"] is None:  # the first mode until it has a mean, then one try
+        if m["draft"] is None or m["plain"] is None:  # the first mode, then the other until it has a mean
             first = m["guess"]
-            choice = first if m["draft" if first else "plain"] is None or m["n"] < m["first"] else not first
+            other = "plain" if first else "draft"
+            # (steps that carry prompt chunks never give a mean: a class that only ever has them is not locked
+            # in its guess, it moves on to the other mode after the wait)
+            choice = first if m["n"] < m["first"] or m[other] is not None else not first
         else:
             best = m["draft"] >= m["plain"]
             m["since"] += 1
