@@ -70,3 +70,35 @@ def test_features_are_the_lm_head_input(arch):
     with torch.no_grad():
         expected = target.model(ids).logits[0]
     assert torch.allclose(target.logits(feats), expected.float(), atol=1e-5)
+
+
+def test_head_grows_no_deeper_than_its_tree_can_hold():
+    """A tree of N tokens is connected, so no node deeper than N - 1 can be verified: the head stops there
+    (fixed depth 6 grows 2 levels for N = 3) and the output is still the target's greedy output."""
+    prompt = list(range(5, 17))
+    for n, deepest in ((3, 2), (12, 6)):
+        dec = tiny_decoder("llama", policy="fixed", top_k=3, total_tokens=n, max_depth=6)
+        out = dec.generate(prompt, max_new_tokens=24)
+        assert out.token_ids == hf_greedy(dec.target, prompt, 24)
+        depths = {s.depth for s in out.stats.step_stats}
+        assert max(depths) == deepest and max(s.tree_size for s in out.stats.step_stats) <= n
+
+
+def test_default_tree_size_follows_the_machine_and_the_drafter():
+    """The head's trees default to 4 tokens where the CPU computes in float32 (its verify cost is steepest there),
+    24 where it has a half matmul; a drafter with suffix matches keeps 24 (their nodes are accepted far more)."""
+    from types import SimpleNamespace
+
+    from dyndepth.decoder import DEFAULT_TOTAL_TOKENS, SpeculativeDecoder, machine_class
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert machine_class(SimpleNamespace(device=cpu, dtype=torch.float32)) == "cpu-float32"
+    assert machine_class(SimpleNamespace(device=cpu, dtype=torch.bfloat16)) == "cpu"
+    assert machine_class(SimpleNamespace(device=cuda, dtype=torch.float32)) == "cuda"
+    assert DEFAULT_TOTAL_TOKENS["cpu-float32"] < DEFAULT_TOTAL_TOKENS["cpu"] < DEFAULT_TOTAL_TOKENS["cuda"]
+    head_only = tiny_decoder("llama", policy="ddd", drafter="head")
+    assert head_only.total_tokens == DEFAULT_TOTAL_TOKENS["cpu-float32"]
+    hybrid = SpeculativeDecoder(head_only.target, head_only.head, policy="ddd", drafter="hybrid")
+    assert hybrid.total_tokens == DEFAULT_TOTAL_TOKENS["cpu"]
+    assert SpeculativeDecoder(head_only.target, head_only.head, policy="ddd", drafter="head",
+                              total_tokens=9).total_tokens == 9

@@ -12,7 +12,9 @@ keeps its own draft KV cache, pool and depth decision.
    entries and itself). Each beam node's ``top_k`` children enter the row's pool with path value parent value +
    child log-prob; the ``top_k`` best children over the row's whole level form its next beam.
 3. The depth policy is asked for every row after every depth whether that row stops; growth never exceeds its
-   ``max_depth``. Afterwards the scratch KV is dropped: a head cache only ever holds committed pairs.
+   ``max_depth``, nor the row's ``levels``: a tree of N tokens is connected, so it holds no node deeper than N - 1,
+   and a deeper level would be drafted for nothing. Afterwards the scratch KV is dropped: a head cache only ever
+   holds committed pairs.
 
 The draft never samples: nodes are deterministic top-k picks of the untempered draft distribution.
 """
@@ -43,9 +45,10 @@ class DraftInput:
 
 @torch.inference_mode()
 def grow_pools(head: DraftHead, rows: list[DraftInput], policy: DepthPolicy, top_k: int,
-               pools: list[DraftPool] | None = None) -> list[DraftPool]:
+               pools: list[DraftPool] | None = None, levels: list[int] | None = None) -> list[DraftPool]:
     """One pool per row (``pools``: empty pools to grow into, e.g. carrying a hybrid row's suffix candidates for
-    the policy); ``pool.depth`` is the number of levels that row grew."""
+    the policy); ``pool.depth`` is the number of levels that row grew. levels: the most levels each row may use
+    (its tree's tokens - 1); None: ``policy.max_depth`` for every row."""
     pools = pools if pools is not None else [DraftPool() for _ in rows]
     features = torch.cat([r.features for r in rows])  # [T, F]
     device, dtype = features.device, features.dtype
@@ -75,10 +78,11 @@ def grow_pools(head: DraftHead, rows: list[DraftInput], policy: DepthPolicy, top
     eye = torch.eye(K, dtype=torch.bool, device=device)
     ancestors = [eye] * len(rows)  # per row [K, K·depth] over its scratch entries
 
+    levels = levels or [policy.max_depth] * len(rows)
     growing = list(range(len(rows)))
     depth = 1
     while depth < policy.max_depth:
-        growing = [b for b in growing if not policy.should_stop(depth, beam_values[b], pools[b])]
+        growing = [b for b in growing if depth < levels[b] and not policy.should_stop(depth, beam_values[b], pools[b])]
         if not growing:
             break
         # 2. Expand the beams of `depth` into depth + 1, all growing rows in one head forward.

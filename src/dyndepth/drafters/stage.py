@@ -130,7 +130,8 @@ class DraftStage:
             for pool, i in zip(made, head_rows):
                 pool.backlog = rows[i].pair_steps > 1
             inputs = [DraftInput(rows[i].draft_kv, *rows[i].take_pairs()) for i in head_rows]
-            grown = grow_pools(dec.head, inputs, policy, dec.top_k, pools=made)
+            levels = [caps[i] - 1 for i in head_rows]  # a tree of caps[i] tokens holds no node deeper than that
+            grown = grow_pools(dec.head, inputs, policy, dec.top_k, pools=made, levels=levels)
             tables = {}  # id(head calibration) -> its table, once per step
             for i, pool in zip(head_rows, grown):
                 pool.side_logp = None
