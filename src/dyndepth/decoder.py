@@ -45,11 +45,22 @@ from dyndepth.target import Target, parse_dtype
 from dyndepth.text import TextChunk, TextStream
 from dyndepth.validate import OptionError
 
-# Tokens verified per step (root included). EAGLE-2 uses 60 on GPUs; a CPU's verify cost grows quickly with N.
-DEFAULT_TOTAL_TOKENS = {"cpu": 24, "cuda": 60}
+# Tokens verified per step (root included). EAGLE-2 uses 60 on GPUs; a CPU's verify cost grows quickly with N, and
+# fastest where it computes in float32 (a float32 model, or half weights upcast on a CPU without bf16 tiles): there
+# 24 tokens cost ~5 one-token forwards, and 4 was the fastest tree of the head alone on MT-bench
+# (docs/BENCHMARKS.md). A suffix match's nodes are accepted far more often, so trees with them keep 24.
+DEFAULT_TOTAL_TOKENS = {"cpu": 24, "cpu-float32": 4, "cuda": 60}
 # The auto policy chooses N per step; this is only its upper bound (and the largest size it measures).
 AUTO_TOTAL_TOKENS = {"cpu": 48, "cuda": 128}
 DEFAULT_TOP_K = 10
+
+
+def machine_class(target: Target) -> str:
+    """Which DEFAULT_TOTAL_TOKENS the head's trees get: "cuda", "cpu" (a half-precision matmul the CPU computes
+    natively, e.g. bf16 on AMX) or "cpu-float32" (float32 matmuls)."""
+    if target.device.type == "cuda":
+        return "cuda"
+    return "cpu-float32" if target.dtype == torch.float32 else "cpu"
 
 
 @dataclass
@@ -95,9 +106,12 @@ class SpeculativeDecoder:
         self.drafting = DraftStage(kind, self.policy, suffix_options, tree.get("suffix_cache", 0))
         if head is not None:
             head.bind(target.embed, target.lm_head.weight, half_weight(target.lm_head))
-        device_kind = "cuda" if target.device.type == "cuda" else "cpu"
-        defaults = AUTO_TOTAL_TOKENS if self.policy.name == "auto" else DEFAULT_TOTAL_TOKENS
-        self.total_tokens = int(tree.get("total_tokens") or defaults[device_kind])
+        if self.policy.name == "auto":
+            default = AUTO_TOTAL_TOKENS["cuda" if target.device.type == "cuda" else "cpu"]
+        else:
+            machine = machine_class(target)
+            default = DEFAULT_TOTAL_TOKENS["cpu" if machine == "cpu-float32" and kind != "head" else machine]
+        self.total_tokens = int(tree.get("total_tokens") or default)
         self.top_k = int(tree.get("top_k") or DEFAULT_TOP_K)
         if self.policy.max_depth > 0:
             if head is not None and self.top_k > head.draft_vocab_size:

@@ -75,7 +75,8 @@ register_method(MethodSpec("eagle2-cpu", "EAGLE-2 fixed-depth tree sized for a 2
                            "tune with --sweep)", tree_factory,
                            {"policy": "fixed", "max_depth": 5, "top_k": 4, "total_tokens": 12}))
 register_method(MethodSpec("ddd", "Dynamic Depth Decoding with its published constants; total_tokens = the "
-                           "decoder's device default (24 on CPU, 60 on CUDA)", tree_factory,
+                           "decoder's default (60 on CUDA; 24 on a CPU, 4 with the head alone on float32 matmuls)",
+                           tree_factory,
                            {"policy": "ddd", "max_depth": 11, "checks": (5, 7, 9), "threshold": -0.3,
                             "top_k": 10, "total_tokens": None}))
 register_method(MethodSpec("ddd-cpu", "Dynamic Depth Decoding's rule (checks, threshold, max depth) on eagle2-cpu's "
