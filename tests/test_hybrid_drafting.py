@@ -265,6 +265,24 @@ def test_hybrid_with_an_accepting_head_merges_and_accepts_both_sources(arch):
     assert kinds >= {HEAD | SUFFIX} and kinds & {HEAD, SUFFIX}
 
 
+def test_beside_suffix_matches_the_head_keeps_its_own_share_of_the_tree():
+    """On a float32 CPU the head alone verifies 4-token trees (dec.head_tokens); in a default-sized ddd hybrid tree
+    (24) it keeps that share, 3 head-only nodes grown at most 3 levels deep, while suffix nodes fill the rest; still
+    greedy. A tree size the caller gives is the head's too."""
+    target = tiny_target("llama")
+    prompts = [repetitive(s, n=24, period=6) for s in (1, 2)]
+    head = OracleHead(target, [p[0] for p in prompts], noise=0.7)
+    dec = SpeculativeDecoder(target, head, policy="ddd", drafter="hybrid", top_k=3, max_depth=7, checks=(3, 5))
+    assert (dec.head_tokens, dec.total_tokens, dec.describe()["head_tokens"]) == (4, 24, 4)
+    given = SpeculativeDecoder(target, head, policy="ddd", drafter="hybrid", top_k=3, total_tokens=10)
+    assert given.head_tokens == 10 and "head_tokens" not in given.describe()
+    outs = dec.generate(prompts, max_new_tokens=40, batch_size=2)
+    assert [o.token_ids for o in outs] == [hf_greedy(target, p, 40) for p in prompts]
+    steps = [s for o in outs for s in o.stats.step_stats if s.tree_size > 1]
+    assert all(s.node_sources.count(HEAD) <= 3 and s.depth <= 3 for s in steps)
+    assert max(s.tree_size for s in steps) > 4 and any(HEAD in s.node_sources for s in steps)
+
+
 def test_hybrid_skips_the_head_where_the_suffix_is_sure(monkeypatch):
     """A row whose suffix proposal scores SWITCH_SCORE or more drafts from it alone that step (no head level: the
     head's cost buys little there); elsewhere the head grows and the suffix merges in. Without the gate (an

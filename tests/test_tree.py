@@ -67,3 +67,23 @@ def test_ancestor_mask_positions_and_paths():
 def test_n_is_clipped_to_the_pool():
     pool = pool_from([([1, 2], [-0.1, -0.2], [-1, -1])])
     assert len(pool.select(0, 50)) == 3
+
+
+def test_head_budget_caps_head_only_nodes_not_suffix_ones():
+    """Beside suffix matches a cost-blind tree keeps at most ``head_budget`` nodes the head alone proposed; nodes a
+    suffix match proposed (alone or merged with a head node) fill the rest of N."""
+    pool = pool_from([
+        ([10, 11, 12], [-0.1, -0.2, -0.3], [-1, -1, -1]),  # pool 0..2: head level 1
+        ([20, 21], [-0.4, -0.5], [0, 1]),  # pool 3, 4: head level 2
+    ])
+    pool.suffix[0] = (4, -0.05)  # pool 0 merged with a suffix node
+    first = pool.add_nodes([30, 31], [-0.6, -0.7], [0, 5], [2, 3])  # pool 5, 6: a suffix chain under pool 0
+    for p in (first, first + 1):
+        pool.suffix[p] = (4, -0.1)
+    assert len(pool.select(0, 6)) == 7  # no budget: the 6 best
+    pool.head_budget = 1
+    tree = pool.select(0, 6)
+    head_only = [s for s in tree.sources[1:] if s == 1]
+    assert len(head_only) == 1 and tree.tokens == [0, 10, 11, 30, 31]  # merged 10, head 11, the suffix chain
+    pool.head_budget = 0
+    assert pool.select(0, 6).tokens == [0, 10, 30, 31]

@@ -106,12 +106,14 @@ class SpeculativeDecoder:
         self.drafting = DraftStage(kind, self.policy, suffix_options, tree.get("suffix_cache", 0))
         if head is not None:
             head.bind(target.embed, target.lm_head.weight, half_weight(target.lm_head))
+        machine = machine_class(target)
         if self.policy.name == "auto":
             default = AUTO_TOTAL_TOKENS["cuda" if target.device.type == "cuda" else "cpu"]
         else:
-            machine = machine_class(target)
             default = DEFAULT_TOTAL_TOKENS["cpu" if machine == "cpu-float32" and kind != "head" else machine]
         self.total_tokens = int(tree.get("total_tokens") or default)
+        # the head's own tree; beside suffix matches a default-sized tree keeps only this share of head-only nodes
+        self.head_tokens = self.total_tokens if tree.get("total_tokens") else DEFAULT_TOTAL_TOKENS[machine]
         self.top_k = int(tree.get("top_k") or DEFAULT_TOP_K)
         if self.policy.max_depth > 0:
             if head is not None and self.top_k > head.draft_vocab_size:
@@ -172,6 +174,8 @@ class SpeculativeDecoder:
         d.update(self.policy.describe())
         if self.policy.max_depth > 0:
             d.update(self.drafting.describe())
+            if self.drafting.kind != "head" and not self.policy.prices_nodes and self.head_tokens < self.total_tokens:
+                d["head_tokens"] = self.head_tokens  # the head-only nodes' share of a tree beside suffix matches
         return d
 
     def chat_ids(self, prompt: str | list[dict]) -> list[int]:

@@ -42,6 +42,7 @@ class DraftPool:
         self.accept_logp: torch.Tensor | None = None  # [P] calibrated log P(accepted): the rank, when set
         self.side_logp: torch.Tensor | None = None  # [S] log P of suffix candidates not merged yet (hybrid growth)
         self.backlog = False  # the head's root forward took more than the last step's pairs (prompt, skipped drafts)
+        self.head_budget: int | None = None  # most nodes only the head proposed that select() keeps (None: any)
 
     def add_level(self, tokens: torch.Tensor, values: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
         """Append one depth of head nodes; returns their pool indices [m]."""
@@ -117,7 +118,7 @@ class DraftPool:
 
     def select(self, root_token: int, n_nodes: int) -> "DraftTree":
         """Rerank: the ``n_nodes`` best nodes by (rank desc, value desc, depth asc, pool index asc),
-        ancestor-closed."""
+        ancestor-closed, with at most ``head_budget`` of them proposed by the head alone."""
         if self.size == 0 or n_nodes <= 0:
             return DraftTree.root_only(root_token)
         tokens = self.all_tokens().tolist()
@@ -131,14 +132,16 @@ class DraftPool:
             ranks = self.accept_logp.tolist()
             order = sorted(range(self.size), key=lambda p: (-ranks[p], -values[p], depths[p], p))
         admitted = [False] * self.size
-        kept = 0
+        kept, head_left = 0, self.size if self.head_budget is None else self.head_budget
         for p in order:
             if kept == n_nodes:
                 break
+            head_only = p < self.head_size and p not in self.suffix
             parent = parents[p]
-            if parent < 0 or admitted[parent]:
+            if (parent < 0 or admitted[parent]) and (head_left > 0 or not head_only):
                 admitted[p] = True
                 kept += 1
+                head_left -= head_only
         chosen = [p for p in range(self.size) if admitted[p]]  # pool order: parents precede children
         tree_index = {p: i + 1 for i, p in enumerate(chosen)}
         sources = self.sources() if self.suffix or self.head_size < self.size else None

@@ -129,8 +129,13 @@ class DraftStage:
                         pool.side_logp = torch.tensor(scored[i].log_p, dtype=torch.float32)
             for pool, i in zip(made, head_rows):
                 pool.backlog = rows[i].pair_steps > 1
-            inputs = [DraftInput(rows[i].draft_kv, *rows[i].take_pairs()) for i in head_rows]
             levels = [caps[i] - 1 for i in head_rows]  # a tree of caps[i] tokens holds no node deeper than that
+            if self.kind != "head" and not policy.prices_nodes:
+                # beside suffix matches a cost-blind tree keeps the head's own share (dec.head_tokens), not all of N
+                levels = [min(n, dec.head_tokens - 1) for n in levels]
+                for pool, n in zip(made, levels):
+                    pool.head_budget = n
+            inputs = [DraftInput(rows[i].draft_kv, *rows[i].take_pairs()) for i in head_rows]
             grown = grow_pools(dec.head, inputs, policy, dec.top_k, pools=made, levels=levels)
             tables = {}  # id(head calibration) -> its table, once per step
             for i, pool in zip(head_rows, grown):

@@ -87,6 +87,7 @@ CHILD_RATE = 0.1  # memory of the running mean of children's log-probabilities p
 @dataclass
 class CostAwarePolicy(DepthPolicy):
     name = "auto"
+    prices_nodes = True
     max_depth: int = 11  # most draft levels per step
     min_depth: int = 1  # levels always grown (level 1 comes with the root forward)
     lookahead: int = 2  # levels predicted ahead: grow while the best rate within this many more levels is higher

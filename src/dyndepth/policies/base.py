@@ -19,6 +19,7 @@ class DepthPolicy:
 
     name = "base"
     max_depth: int = 0
+    prices_nodes = False  # True: tree_sizes weighs each node's worth against its cost (auto); False: cost-blind
 
     def should_stop(self, depth: int, beam_log_values: torch.Tensor, pool=None) -> bool:  # beam_log_values [K]
         raise NotImplementedError
