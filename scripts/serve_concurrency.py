@@ -12,6 +12,8 @@ of clients (concurrency.png) and writes concurrency.md. The configurations:
     ddd          --policy ddd                      batched, DDD trees per row
     auto         --policy auto                     batched, one node budget per step, drafts while it pays
 
+The batched ones run with ``--max-batch-size`` (default 16, so every client of the largest level runs at once).
+
 ``--offline THROUGHPUT_JSON`` adds transformers' own batched generate (static, left-padded batches of B prompts)
 from a ``dyndepth bench --batch-size`` run of the same model, at B = the number of clients, as the baseline a user
 would write. Each stage is skipped when its report exists, so an interrupted run resumes.
@@ -43,6 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--dtype", default="float32", help="float32: every answer is checked against the offline one")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-batch-size", type=int, default=16, help="the batched configurations' --max-batch-size")
     ap.add_argument("--offline", type=Path, default=None, help="a throughput.json of dyndepth bench --batch-size")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -63,6 +66,8 @@ def main(argv=None) -> int:
                        str(args.max_tokens), "--prompts", str(max(16, n)), "--disconnect-share", "0",
                        "--malformed-share", "0", "--answers-cache", str(cache), "--json", str(path),
                        *CONFIGS[config]]
+                if config != "batch-1":
+                    cmd += ["--max-batch-size", str(args.max_batch_size)]
                 print(f"{config} with {n} clients ...", file=sys.stderr, flush=True)
                 subprocess.run(cmd, check=False)
             if path.is_file():
@@ -89,7 +94,8 @@ def _get(report: dict, *keys):
 
 def table(results, offline, args) -> str:
     lines = [f"`dyndepth serve` under load: {args.model}, {args.dtype}, {args.threads} threads, {args.max_tokens} "
-             f"tokens per request, {args.minutes} min per point, every answer checked against the offline one.", "",
+             f"tokens per request, {args.minutes} min per point, batched configurations with --max-batch-size "
+             f"{args.max_batch_size}, every answer checked against the offline one.", "",
              "| configuration | clients | output tok/s | requests/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | ITL p50 ms "
              "| tau | lost or mismatched |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for config, by_n in results.items():
