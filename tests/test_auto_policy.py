@@ -426,7 +426,7 @@ def test_a_new_batch_size_class_starts_in_the_mode_the_cost_model_prices_higher(
     assert policy._gain is not None and 0.5 < float(policy._gain.sum()) < N_MAX
     choices = [policy.drafts(8, 8) for _ in range(EXPLORE_AFTER - 1)]  # nothing measured: no try yet
     assert choices == [drafts_first] * (EXPLORE_AFTER - 1)
-    assert policy._modes[4]["guess"] is drafts_first
+    assert policy._modes[4, False]["guess"] is drafts_first
 
 
 def test_a_class_priced_far_below_plain_waits_long_before_trying_to_draft():
@@ -439,18 +439,18 @@ def test_a_class_priced_far_below_plain_waits_long_before_trying_to_draft():
     grow(policy, SPREAD)
     policy._draft_s[1] = [1.0, policy.costs.draft_time(2)]  # a measured batch-1 draft: the price is not a guess
     _measure_class(policy, 8, {True: 20.0, False: 40.0}, steps=EXPLORE_MAX + 8)
-    m = policy._modes[4]
+    m = policy._modes[4, False]
     assert m["guess"] is False and m["priced"] < SURE_PLAIN
     assert m["draft"] is not None and m["n"] > EXPLORE_MAX  # tried once, after the long wait ...
     policy = auto(cost_curve(**STEEP))
     grow(policy, SPREAD)
     policy._draft_s[1] = [1.0, policy.costs.draft_time(2)]
     _measure_class(policy, 8, {True: 20.0, False: 40.0}, steps=EXPLORE_MAX - 1)
-    assert policy._modes[4]["draft"] is None  # ... and not before it
+    assert policy._modes[4, False]["draft"] is None  # ... and not before it
     policy = auto(cost_curve(**STEEP))
     grow(policy, SPREAD)  # no draft time measured yet: priced plain, but tried after EXPLORE_AFTER steps
     _measure_class(policy, 8, {True: 20.0, False: 40.0}, steps=2 * EXPLORE_AFTER)
-    assert policy._modes[4]["guess"] is False and policy._modes[4]["draft"] is not None
+    assert policy._modes[4, False]["guess"] is False and policy._modes[4, False]["draft"] is not None
     assert EXPLORE_MAX > 4 * EXPLORE_AFTER
 
 
@@ -462,41 +462,74 @@ def test_a_class_that_another_class_decides_starts_in_that_mode():
     policy = auto(cost_curve(**FLAT))
     grow(policy, CONFIDENT)
     _measure_class(policy, 4, {True: 10.0, False: 40.0})
-    assert policy._modes[3]["plain"] > policy._modes[3]["draft"]
+    assert policy._modes[3, False]["plain"] > policy._modes[3, False]["draft"]
     assert policy.drafts(16, 16) is False
 
     policy = auto(cost_curve(**STEEP))
     grow(policy, SPREAD)
     _measure_class(policy, 8, {True: 60.0, False: 40.0}, steps=EXPLORE_MAX + 40)  # priced sure-plain: a late try
-    assert policy._modes[4]["draft"] > policy._modes[4]["plain"]
+    assert policy._modes[4, False]["draft"] > policy._modes[4, False]["plain"]
     assert policy.drafts(2, 2) is True
 
 
-def test_a_drafting_step_that_catches_up_on_a_backlog_is_not_counted_as_the_rate_of_drafting():
-    """The first draft after plain steps (or after the prompt) runs the head over every pair it skipped: a one-off
-    cost of switching. Counting it made every try of drafting look slower than drafting is; the next drafting step,
-    without a backlog, is the one measured."""
+def test_only_a_switch_to_drafting_is_left_out_of_the_rate_of_drafting():
+    """The first draft after plain steps runs the head over every pair they skipped: a one-off cost of switching,
+    not counted (it made every try of drafting look slower than drafting is). A backlog while drafting, a new row's
+    prompt or a row the suffix drafted alone, recurs as long as the class drafts: it is counted (under a server's
+    churn most drafting steps have one, and leaving them out measured drafting on its cheapest steps)."""
     from dyndepth.stats import StepStats
 
     policy = auto(cost_curve(**FLAT))
     grow(policy, SPREAD)
 
-    def step(backlog: bool, rate: float) -> None:
-        assert policy.drafts(4, 4)
-        pool = _pool_of(2, SPREAD)
-        pool.backlog = backlog
-        policy.tree_sizes([pool] * 4, [8] * 4, 4)
-        policy.observe_batch([StepStats(committed=2, accepted=1, depth=2, tree_size=3, draft_time_s=0.0,
-                                        verify_time_s=8 / rate, batch_rows=4, batch_tokens=12) for _ in range(4)])
+    def step(draft: bool, backlog: bool, rate: float) -> None:
+        policy._modes.setdefault((3, False), {"draft": None, "plain": None})
+        if draft:
+            pool = _pool_of(2, SPREAD)
+            pool.backlog = backlog
+            policy.tree_sizes([pool] * 4, [8] * 4, 4)
+        policy._mode = ((3, False), draft, False)  # 4 rows, no chunk, this mode, not a try (as drafts() sets it)
+        policy.observe_batch([StepStats(committed=2 if draft else 1, accepted=1 if draft else 0,
+                                        depth=2 if draft else 0, tree_size=3 if draft else 1, draft_time_s=0.0,
+                                        verify_time_s=(8 if draft else 4) / rate, batch_rows=4,
+                                        batch_tokens=12 if draft else 4) for _ in range(4)])
 
-    step(True, 5.0)  # the prompt's catch-up: slow, and not counted
-    assert policy._modes[3]["draft"] is None
-    step(False, 50.0)
-    assert policy._modes[3]["draft"] == pytest.approx(50.0)
-    step(True, 5.0)
-    assert policy._modes[3]["draft"] == pytest.approx(50.0)
+    step(False, False, 40.0)
+    step(False, False, 40.0)
+    step(True, True, 5.0)  # the switch after two plain steps: slow, and not counted
+    assert policy._modes[3, False]["draft"] is None
+    step(True, False, 50.0)
+    assert policy._modes[3, False]["draft"] == pytest.approx(50.0)
+    step(True, True, 10.0)  # a new row's prompt while drafting: counted
+    assert policy._modes[3, False]["draft"] < 45.0
     assert DraftPool().backlog is False  # a pool without a head forward (suffix only) never has one
 
+
+@pytest.mark.parametrize("draft_seconds,drafts", [(0.45, False), (0.35, True)])
+def test_a_step_with_a_prompt_chunk_drafts_when_its_extra_tokens_are_worth_their_seconds(draft_seconds, drafts):
+    """A chunk's seconds are paid in either mode, so the rates of chunk steps mislead: drafting's 16 tokens in 0.45 s
+    (35.6 tok/s) beat plain's 8 in 0.30 s (26.7 tok/s), yet the 8 extra tokens cost 0.15 s where regular steps make
+    them in 0.08 s (100 tok/s). Such a step drafts only when its extra tokens come faster than the regular rate."""
+    from dyndepth.stats import StepStats
+
+    policy = auto(cost_curve(**STEEP))
+    chunk_choices = []
+    for i in range(600):
+        chunk = i % 4 == 3
+        drafted = policy.drafts(8, 40 if chunk else 8)
+        if chunk:
+            chunk_choices.append(drafted)
+            tokens, seconds = (16, draft_seconds) if drafted else (8, 0.30)
+        else:
+            tokens, seconds = (12, 0.24) if drafted else (8, 0.08)  # regular steps: plain 100 tok/s, drafting 50
+        policy.observe_batch([StepStats(committed=tokens // 8, accepted=tokens // 8 - 1, depth=2 if drafted else 0,
+                                        tree_size=3 if drafted else 1, draft_time_s=0.0, verify_time_s=seconds,
+                                        batch_rows=8 if not chunk else 9, batch_tokens=24 if drafted else 8)
+                              for _ in range(8)])
+    late = chunk_choices[60:]
+    assert (sum(late) > 0.8 * len(late)) is drafts
+    m = policy._modes[4, True]
+    assert (m["draft"] > m["plain"]) is True  # drafting's rate is higher in both cases: the rates alone would draft
 
 def test_a_sequence_has_a_backlog_after_its_prompt_and_after_steps_it_did_not_draft():
     from dyndepth.engine.sequence import Sequence
@@ -511,3 +544,16 @@ def test_a_sequence_has_a_backlog_after_its_prompt_and_after_steps_it_did_not_dr
     assert s.pair_steps == 1  # no backlog: the next draft takes just that step's pairs
     s.add_pairs(torch.arange(1), torch.zeros(1, 3))  # a plain step
     assert s.pair_steps == 2
+
+
+def test_a_chunk_step_starts_plain_where_its_rows_lost_drafting_without_a_chunk():
+    """A chunk step's extra tokens must come faster than the regular steps make them: where 8 rows measured plain
+    steps faster without a chunk, their first chunk step is plain, before anything is measured with a chunk."""
+    policy = auto(cost_curve(**FLAT))
+    grow(policy, CONFIDENT)  # the cost model alone would draft (flat verification, confident nodes)
+    _measure_class(policy, 8, {True: 10.0, False: 40.0})
+    assert policy._modes[4, False]["plain"] > policy._modes[4, False]["draft"]
+    assert policy.drafts(8, 8 + 100) is False and policy._modes[4, True]["guess"] is False
+    fresh = auto(cost_curve(**FLAT))
+    grow(fresh, CONFIDENT)
+    assert fresh.drafts(8, 8 + 100) is True  # nothing measured: the cost model's guess

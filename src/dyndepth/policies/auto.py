@@ -32,7 +32,8 @@ predicted level's beam is its k best predicted nodes. Growth goes on while
 (a level that adds little can still open a confident one below it), and never past ``max_depth``.
 ``tree_size`` then returns the argmax N of best(pool, depth), at most the decoder's total_tokens (and, for a few
 steps after the cost model rebased a curve the steps contradicted, at most its ``next_explore`` size, so that the
-steps measure the curve's slope again). ``observe`` feeds each step's verified nodes to the calibration and its measured times to the cost model.
+steps measure the curve's slope again). ``observe`` feeds each step's verified nodes to the calibration and its
+measured times to the cost model.
 
 In a batch (engine/step.py) every row grows its own tree with this rule, and the rows share one verification
 forward, so the node budget is chosen for the whole step: ``tree_sizes`` takes every row's nodes in its own rerank
@@ -43,22 +44,32 @@ token: as load rises its slope there is steeper and the run rate lambda higher, 
 decoding. A row's depth decision prices its nodes the same way, at the previous step's base, and its draft levels at
 the level cost shared by the rows that drafted.
 
-Whether a step drafts at all is measured: per batch-size class (1, 2-3, 4-7, 8-15, ... rows) the policy keeps
-running means of the committed tokens per second of steps that drafted and of steps that did not, and drafts when
-drafting has been faster. A class starts in the mode it is first priced to win (``_guess``): another class's
-measurements where they decide it (speculation pays less as rows are added, so a smaller class where plain steps
-won says plain, a larger one where drafting won says draft), else the cost model: the rows' mean gain per node in
-rerank order (learnt from every drafting step) merged round-robin over the class's rows, against the class's draft
-seconds (measured, or scaled by rows from the nearest class that drafted) and t_verify; with nothing learnt yet, it
-drafts. After EXPLORE_AFTER steps it tries the other mode (after EXPLORE_MAX steps where the cost model prices
-drafting below SURE_PLAIN of plain decoding from measured draft times: on a CPU a wrong drafting step costs several plain steps, a wrong
-plain step only the tokens speculation would have added), then the mode it is not using again after EXPLORE_EVERY
-steps, so it follows a load that changes; a try that confirms the choice doubles the wait before the next (up to
-EXPLORE_MAX steps: on a CPU a batch's drafting step can cost several plain steps, so frequent tries would cost more
-than they find), a try that overturns it resets the wait. Steps that carry a prompt chunk are not counted (their
-time is the chunk's), nor drafting steps whose head caught up on a backlog (a prompt, or the pairs of plain steps:
-a switch's one-off cost, which made every try of drafting after plain steps look slower than drafting is). So a batch with speculation is not slower than the same batch without it for long, and a
-batch where it cannot pay rarely drafts at all.
+Whether a step drafts at all is measured: per class of step (its batch-size class, 1, 2-3, 4-7, 8-15, ... rows, and
+whether it carries a prompt chunk) the policy keeps running means of the committed tokens and the seconds of steps
+that drafted and of steps that did not. A step without a chunk drafts when drafting has been faster (its rate is
+what the time spent in that class yields). A step with a chunk is priced differently: the chunk's seconds are paid
+in either mode and such steps come once per new request, not per token, so what a mode adds is its tokens, each
+worth the seconds the regular steps take to make one: the mode with the higher tokens - r * seconds wins, r the
+running rate of the steps without a chunk (comparing rates instead would favour drafting, whose extra tokens dilute
+the chunk's fixed cost, on steps where it costs more than it adds).
+
+A class starts in the mode it is first priced to win (``_guess``): another class's measurements where they decide
+it (speculation pays less as rows are added, so a smaller class where plain steps won says plain, a larger one
+where drafting won says draft; a chunk step's class starts plain where its rows, or fewer, lost drafting without a
+chunk), else the cost model: the rows' mean gain per node in rerank order (learnt from every drafting step) merged
+round-robin over the class's rows, against the class's draft seconds (measured, or scaled by rows from the nearest
+class that drafted) and t_verify; with nothing learnt yet, it drafts. After EXPLORE_AFTER steps it tries the other
+mode (after EXPLORE_MAX steps where the cost model prices drafting below SURE_PLAIN of plain decoding from measured
+draft times: on a CPU a wrong drafting step costs several plain steps, a wrong plain step only the tokens
+speculation would have added), then the mode it is not using again after EXPLORE_EVERY steps, so it follows a load
+that changes; a try that confirms the choice doubles the wait before the next (up to EXPLORE_MAX steps: on a CPU a
+batch's drafting step can cost several plain steps, so frequent tries would cost more than they find), a try that
+overturns it resets the wait. Every step counts but the first drafting step after plain ones, whose head catches up
+on the pairs the plain steps skipped (a switch's one-off cost, which made every try of drafting look slower than
+drafting is). A drafting step whose head catches up on a new row's prompt, or on a row the suffix drafted alone,
+does count: those costs recur as long as the class drafts (under a server's churn they are most drafting steps, and
+leaving them out measured drafting on its cheapest steps only). So a batch with speculation is not slower than the
+same batch without it for long, and a batch where it cannot pay rarely drafts at all.
 
 Everything per decision is a few vectorised ops over the pool's values (no per-node Python); like DDD's check it
 reads one scalar back per level on CUDA.
@@ -99,8 +110,10 @@ class CostAwarePolicy(DepthPolicy):
     calibration: AcceptanceCalibration | None = field(default=None, repr=False)
     n_max: int = 64  # set by the decoder to its total_tokens
     last: dict = field(default_factory=dict, repr=False)  # the latest step's decision (for the stats)
-    _modes: dict = field(default_factory=dict, repr=False)  # rows class -> {"draft"/"plain": rate, "n": steps}
-    _mode: tuple | None = field(default=None, repr=False)  # (class, drafted?, clean step?, a try?) of this step
+    _modes: dict = field(default_factory=dict, repr=False)  # (rows class, chunk?) -> {"draft"/"plain": rate, ...}
+    _mode: tuple | None = field(default=None, repr=False)  # ((rows class, chunk?), drafted?, a try?) of this step
+    _plain_run: int = field(default=0, repr=False)  # plain steps since the last drafting one (the head skipped them)
+    _regular: list | None = field(default=None, repr=False)  # running means [tokens, seconds] of chunk-free steps
     _base: float = field(default=1.0, repr=False)  # tokens a step verifies besides one row's drafted nodes
     _rows: float = field(default=1.0, repr=False)  # rows that share a step's draft levels
     _child: dict = field(default_factory=dict, repr=False)  # depth -> [rows, K] running mean child log-probs
@@ -272,7 +285,7 @@ class CostAwarePolicy(DepthPolicy):
         return n
 
     def drafts(self, rows: int, base_tokens: int) -> bool:
-        cls = max(1, rows).bit_length()  # 1, 2-3, 4-7, 8-15, ... rows
+        cls = (max(1, rows).bit_length(), base_tokens > rows)  # (1, 2-3, 4-7, 8-15, ... rows; a prompt chunk?)
         m = self._modes.get(cls)
         if m is None:
             guess, ratio = self._guess(cls, rows, base_tokens)
@@ -285,29 +298,39 @@ class CostAwarePolicy(DepthPolicy):
         if m["draft"] is None or m["plain"] is None:  # the first mode, then the other until it has a mean
             first = m["guess"]
             other = "plain" if first else "draft"
-            # (steps that carry prompt chunks never give a mean: a class that only ever has them is not locked
-            # in its guess, it moves on to the other mode after the wait)
             choice = first if m["n"] < m["first"] or m[other] is not None else not first
         else:
-            best = m["draft"] >= m["plain"]
+            best = self._draft_wins(cls, m)
             m["since"] += 1
             trying = m["since"] >= m["wait"]
             choice = (not best) if trying else best
-        self._mode = (cls, choice, base_tokens <= rows, trying)
+        self._mode = (cls, choice, trying)
         return choice
+
+    def _draft_wins(self, cls: tuple, m: dict) -> bool:
+        """Whether drafting has done better than plain steps in class ``cls`` (both measured; module docstring)."""
+        r = self._regular[0] / self._regular[1] if cls[1] and self._regular and self._regular[1] > 0 else None
+        if r is None:
+            return m["draft"] >= m["plain"]
+        (td, sd), (tp, sp) = m["draft_sums"], m["plain_sums"]
+        return td - r * sd >= tp - r * sp
 
     def _guess(self, cls: int, rows: int, base: int) -> tuple[bool, float | None]:
         """The mode a new batch-size class starts in (see the module docstring), True = draft, and the priced
         ratio of the drafting rate to plain decoding's (None where measurements decided, or nothing is known)."""
         for c, m in self._modes.items():
-            if m["draft"] is not None and m["plain"] is not None:
-                if c < cls and m["plain"] > m["draft"]:
-                    return False, None
-                if c > cls and m["draft"] > m["plain"]:
-                    return True, None
+            if m["draft"] is None or m["plain"] is None:
+                continue
+            wins = self._draft_wins(c, m)
+            if c[1] == cls[1] and c[0] < cls[0] and not wins:
+                return False, None
+            if c[1] == cls[1] and c[0] > cls[0] and wins:
+                return True, None
+            if cls[1] and not c[1] and c[0] <= cls[0] and not wins:  # a chunk step's extra tokens must beat the
+                return False, None  # regular rate: where drafting lost without a chunk, it loses with one
         if self._gain is None:
             return True, None
-        near = min(self._draft_s.items(), key=lambda kv: abs(kv[0] - cls), default=None)
+        near = min(self._draft_s.items(), key=lambda kv: abs(kv[0] - cls[0]), default=None)
         if near is None:
             draft_s = self.costs.draft_time(max(1, self.min_depth)) * rows
         else:
@@ -382,15 +405,23 @@ class CostAwarePolicy(DepthPolicy):
             committed = sum(s.accepted + 1 for s in steps)
             self._tokens += a * (committed - self._tokens)
             self._seconds += a * (seconds - self._seconds)
-            clean = self._mode is not None and self._mode[2] and not (self._mode[1] and self._backlog)
-            if clean and self._mode[1] and first.draft_time_s > 0:  # the class's draft seconds
-                d = self._draft_s.setdefault(self._mode[0], [float(len(steps)), first.draft_time_s])
+            # every step counts but a switch: the first drafting step after plain ones (one plain step, e.g. a chunk
+            # step between drafting ones, leaves the head a token per row: no switch)
+            clean = self._mode is not None and not (self._mode[1] and self._plain_run > 1 and self._backlog)
+            if clean and not self._mode[0][1]:  # the regular steps' rate, a chunk step's price of a token
+                if self._regular is None:
+                    self._regular = [float(committed), seconds]
+                else:
+                    self._regular[0] += self.cost_update_rate * (committed - self._regular[0])
+                    self._regular[1] += self.cost_update_rate * (seconds - self._regular[1])
+            if clean and self._mode[1] and first.draft_time_s > 0:  # the rows class's draft seconds
+                d = self._draft_s.setdefault(self._mode[0][0], [float(len(steps)), first.draft_time_s])
                 d[0] += 0.2 * (len(steps) - d[0])
                 d[1] += 0.2 * (first.draft_time_s - d[1])
             if clean:  # no prompt chunk, no backlog: the mode's rate
                 m = self._modes[self._mode[0]]
                 key = "draft" if self._mode[1] else "plain"
-                w = 0.75 if self._mode[3] else 4 * self.cost_update_rate  # a try is news: the mean is old
+                w = 0.75 if self._mode[2] else 4 * self.cost_update_rate  # a try is news: the mean is old
                 # the rate is the ratio of the running means of tokens and seconds (a mean of per-step ratios
                 # overrates the mode whose steps vary most: drafting)
                 sums = m.setdefault(f"{key}_sums", [committed, seconds])
@@ -398,10 +429,12 @@ class CostAwarePolicy(DepthPolicy):
                     sums[0] += w * (committed - sums[0])
                     sums[1] += w * (seconds - sums[1])
                 m[key] = sums[0] / sums[1]
-                if self._mode[3]:  # a try of the mode not in use: wait longer if it lost again, else start over
-                    lost = (m["draft"] >= m["plain"]) != self._mode[1]
+                if self._mode[2]:  # a try of the mode not in use: wait longer if it lost again, else start over
+                    lost = self._draft_wins(self._mode[0], m) != self._mode[1]
                     m["wait"] = min(2 * m["wait"], EXPLORE_MAX) if lost else EXPLORE_EVERY
                     m["since"] = 0
+        if self._mode is not None:
+            self._plain_run = 0 if self._mode[1] else self._plain_run + 1
         self._mode, self._backlog = None, False
 
     def describe(self) -> dict:
@@ -421,9 +454,10 @@ class CostAwarePolicy(DepthPolicy):
                 "draft_ms": ([round(1000 * self.costs.draft_fit.a, 3), round(1000 * self.costs.draft_fit.b, 3)]
                              if self.costs else None),
                 "run_rate": round(self.run_rate, 3) if self.run_rate else None,
-                "draft_or_plain": {f"rows<{2 ** c}": {k: round(v, 3) if isinstance(v, float) else v
-                                                      for k, v in m.items() if not k.endswith("_sums")}
-                                   for c, m in sorted(self._modes.items())}}
+                "draft_or_plain": {f"rows<{2 ** c}" + (" +prompt" if chunk else ""):
+                                   {k: round(v, 3) if isinstance(v, float) else v
+                                    for k, v in m.items() if not k.endswith("_sums")}
+                                   for (c, chunk), m in sorted(self._modes.items())}}
 
 
 def _merge(gains: list[list[float]]) -> tuple[list[float], list[int]]:
