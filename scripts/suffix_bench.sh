@@ -11,7 +11,8 @@
 #   scripts/suffix_bench.sh qwen-report-a # Qwen2.5-Coder-1.5B, report half: Spec-Bench's five categories
 #   scripts/suffix_bench.sh qwen-report-b # Qwen2.5-Coder-1.5B, report half: MT-bench, HumanEval, code edits, quote chats
 #
-# METHODS replaces a stage's methods; SWEEP (tune stages) its auto sweep ("" for none).
+# METHODS replaces a stage's methods; SWEEP (tune stages) its auto sweep ("" for none); TUNE_OUT / REPORT_OUT the
+# smol-tune / smol-report and qwen-report stages' output folder (a rerun beside an earlier one).
 # EXTRA adds bench options to a stage (e.g. EXTRA="--questions 27" for 3 questions per category).
 # Every run: bf16, 2 torch threads, greedy, 128 new tokens, vanilla in the same run (the speedup baseline), one
 # warm-up answer per method, methods interleaved per question in rotating order (dyndepth bench's protocol).
@@ -38,13 +39,13 @@ case "${1:-}" in
         run ${TUNE_OUT:-docs/results/suffix-smol-tune} --model smollm2-135m-instruct --bench $Q/tune.jsonl \
             --methods "${METHODS:-vanilla,ddd,prompt-lookup,suffix,hybrid,switch}" ${SWEEP---sweep-method auto --sweep drafter=suffix,hybrid} ;;
     smol-report)
-        run docs/results/suffix-smol-report --model smollm2-135m-instruct --bench $Q/report.jsonl \
+        run ${REPORT_OUT:-docs/results/suffix-smol-report} --model smollm2-135m-instruct --bench $Q/report.jsonl \
             --methods "${METHODS:-$REPORT_METHODS}" ${SETS:-} ;;
     qwen-tune)
         run docs/results/suffix-qwen-tune --model qwen2.5-coder-1.5b-instruct --bench $Q/tune.jsonl --questions 18 \
             --methods vanilla,ddd,prompt-lookup,suffix,hybrid,switch --sweep-method auto --sweep drafter=suffix,hybrid ;;
     qwen-report)
-        run docs/results/suffix-qwen-report --model qwen2.5-coder-1.5b-instruct --bench $Q/report.jsonl \
+        run ${REPORT_OUT:-docs/results/suffix-qwen-report} --model qwen2.5-coder-1.5b-instruct --bench $Q/report.jsonl \
             --methods "${METHODS:-$REPORT_METHODS}" ${SETS:-} ;;
     qwen-report-a)
         run docs/results/suffix-qwen-report-a --model qwen2.5-coder-1.5b-instruct --bench $Q/report-a.jsonl \
