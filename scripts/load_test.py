@@ -74,6 +74,8 @@ def main(argv=None) -> int:
     ap.add_argument("--policy", default="ddd", help="the server's --policy (plain = speculation off)")
     ap.add_argument("--max-batch-size", type=int, default=None, help="the server's --max-batch-size (1 = one "
                     "request at a time; default: the server's)")
+    ap.add_argument("--step-log", default=None, help="the server's --step-log FILE (own server only): a JSON "
+                    "line per engine step")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--max-requests", type=int, default=20000, help="stop after this many requests in all")
@@ -181,6 +183,8 @@ def _start_server(args):
         cmd += ["--total-tokens", str(args.total_tokens), "--draft-top-k", str(args.draft_top_k)]
     if args.max_batch_size:
         cmd += ["--max-batch-size", str(args.max_batch_size)]
+    if args.step_log:
+        cmd += ["--step-log", str(args.step_log)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.replicas != 1 or args.ray_address:

@@ -220,3 +220,35 @@ def test_a_row_that_fails_in_its_step_ends_alone(monkeypatch):
         assert outs[i].error is None and outs[i].token_ids == hf_greedy(target, ps[i], 20, stop=False)
     with pytest.raises(RuntimeError, match="boom"):  # one prompt alone: the error is raised
         dec.generate(ps[2], max_new_tokens=20)
+
+
+def test_the_step_log_has_a_line_per_decoding_step_that_adds_up(tmp_path):
+    """--step-log: one JSON line per step with decode rows; its committed tokens add up to what the rows emitted
+    after their first token, its prompt tokens to the prompts that entered while others decoded, and a step
+    drafts exactly when it verified more than its roots and prompt chunks."""
+    import json
+
+    from dyndepth.engine.steplog import StepLog
+
+    dec = decoder(tiny_target("llama"), "ddd")
+    dec.stop_ids = set()
+    ps = prompts(4, seed=5, lo=8, hi=20)
+    log = StepLog(tmp_path / "steps.jsonl")
+    sched = Scheduler(dec, max_batch_size=2, step_log=log)
+    seqs = [dec.sequence(p, dict(max_new_tokens=n), want_text=False, row=i) for i, (p, n) in
+            enumerate(zip(ps, [6, 30, 30, 30]))]
+    for s in seqs:
+        sched.add(s)
+    emitted = 0
+    while sched.has_work:
+        emitted += sum(len(e.chunk.token_ids) for e in sched.step() if e.chunk is not None)
+    log.close()
+    lines = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert sum(r["rows"] for r in lines) == sum(len(s.stats.step_stats) for s in seqs)  # a row-step each
+    assert sum(r["committed"] for r in lines) == emitted - len(ps)  # each prefill's first token is not a step's
+    assert 0 < sum(r["prefill_tokens"] for r in lines) <= sum(len(p) for p in ps[2:])  # rows 2, 3 joined mid-run
+    assert all(r["prefill_tokens"] <= 5 for r in lines)  # the prefill chunk while others decode (small_steps)
+    assert all(1 <= r["rows"] <= 2 and r["tokens"] >= r["rows"] + r["prefill_tokens"] for r in lines)
+    assert all((r["drafted_rows"] > 0) == (r["tokens"] > r["rows"] + r["prefill_tokens"]) for r in lines)
+    assert any(r["drafted_rows"] for r in lines) and all(r["draft_s"] >= 0 and r["verify_s"] > 0 for r in lines)
+    assert [r["t"] for r in lines] == sorted(r["t"] for r in lines)

@@ -29,6 +29,8 @@ def test_serve_binds_loopback_without_a_key_by_default():
     (["--cors-origin", "http://localhost:3000/"], "without a path"),
     (["--served-model-name", ""], "--served-model-name must not be empty"),
     (["--served-model-name", "  "], "--served-model-name must not be empty"),
+    (["--step-log", "/no/such/folder/steps.jsonl"], "--step-log: folder /no/such/folder does not exist"),
+    (["--step-log", "steps.jsonl", "--replicas", "2"], "--step-log logs this process's engine"),
 ])
 def test_bad_server_options_are_one_line_errors_before_loading(argv, message, capsys, monkeypatch):
     import uvicorn

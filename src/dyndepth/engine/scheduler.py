@@ -25,13 +25,16 @@ DEFAULT_PREFILL_CHUNK = {"cpu": 128, "cuda": 2048}
 
 
 class Scheduler:
-    def __init__(self, decoder, max_batch_size: int | None = None, prefill_chunk: int | None = None):
+    def __init__(self, decoder, max_batch_size: int | None = None, prefill_chunk: int | None = None,
+                 step_log=None):
+        """step_log: an engine.steplog.StepLog that gets a line per step (None: no log)."""
         kind = "cuda" if decoder.target.device.type == "cuda" else "cpu"
         self.decoder = decoder
         self.max_batch_size = int(max_batch_size or DEFAULT_MAX_BATCH[kind])
         self.prefill_chunk = int(prefill_chunk or DEFAULT_PREFILL_CHUNK[kind])
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.running: list[Sequence] = []
+        self.step_log = step_log
 
     @property
     def has_work(self) -> bool:
@@ -62,6 +65,8 @@ class Scheduler:
             for s in self.running:
                 s.error, s.state = exc, State.DONE
                 events.append(Event(s, None, None, True, exc))
+        if self.step_log is not None:
+            self.step_log.write(events, len(self.waiting))
         self._retire([s for s in self.running if s.finished])
         return events
 

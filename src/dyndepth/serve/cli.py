@@ -11,8 +11,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from pathlib import Path
 
 from dyndepth import validate
+from dyndepth.engine.steplog import StepLog
 from dyndepth.errors import DyndepthError
 from dyndepth.options import add_decoder_options
 
@@ -38,6 +40,9 @@ def register(sub) -> None:
     g.add_argument("--prefill-chunk", type=int, default=None, metavar="N",
                    help="prompt tokens a step takes while other requests decode, so their streams keep flowing "
                         "(default: 128 on a CPU, 2048 on a GPU)")
+    g.add_argument("--step-log", default=None, metavar="FILE",
+                   help="append one JSON line per engine step (rows, prompt tokens, drafted rows, committed "
+                        "tokens, draft and verify seconds) to FILE: where the time goes (docs/SERVING.md)")
     g.add_argument("--request-timeout", type=float, default=600.0, metavar="S",
                    help="seconds from arrival (queue included) after which a request ends with 504 (default: "
                         "%(default)s; 0 = none)")
@@ -80,6 +85,13 @@ def check_server_options(args) -> None:
         raise DyndepthError("--api-key must not be empty")
     if args.served_model_name is not None and not args.served_model_name.strip():
         raise DyndepthError("--served-model-name must not be empty (clients send it as 'model')")
+    if getattr(args, "step_log", None):
+        if args.replicas != 1 or args.ray_address:
+            raise DyndepthError("--step-log logs this process's engine; it does not apply with --replicas or "
+                                "--ray-address")
+        parent = Path(args.step_log).expanduser().parent
+        if not parent.is_dir():
+            raise DyndepthError(f"--step-log: folder {parent} does not exist")
     for origin in args.cors_origin:
         if origin == "*":
             raise DyndepthError("--cors-origin '*' would let any web page use this server; name the origins")
@@ -154,12 +166,13 @@ def run(args) -> int:
 
     check_decoder_options(args)
     sockets = bind(args.host, args.port)
-    engine = None
+    engine = step_log = None
     try:
         dec = build_decoder(args)
         validate.max_new_tokens_fit(args.default_max_tokens, dec.target.max_context, option="--default-max-tokens")
+        step_log = StepLog(Path(args.step_log).expanduser()) if args.step_log else None
         engine = Engine(dec, max_queue=args.max_queue, max_batch_size=args.max_batch_size,
-                        prefill_chunk=args.prefill_chunk).start()
+                        prefill_chunk=args.prefill_chunk, step_log=step_log).start()
         settings = Settings(model_name=args.served_model_name or args.model, api_key=args.api_key,
                             request_timeout_s=args.request_timeout or None, max_body_bytes=args.max_body_bytes,
                             default_max_tokens=args.default_max_tokens, cors_origins=tuple(args.cors_origin))
@@ -172,6 +185,8 @@ def run(args) -> int:
     finally:
         if engine is not None:
             engine.close()
+        if step_log is not None:
+            step_log.close()
         for sock in sockets:
             sock.close()
     return 0

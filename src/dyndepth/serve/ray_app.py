@@ -80,6 +80,8 @@ def parse_options(options: dict) -> argparse.Namespace:
             if v is not None:
                 argv += [flag, str(v)]
     args = parser.parse_args(argv)
+    if args.step_log:
+        raise DyndepthError("dyndepth Ray app: step_log logs one process's engine; use dyndepth serve without Ray")
     if args.api_key is None:
         args.api_key = os.environ.get("DYNDEPTH_API_KEY") or None
     check_server_options(args)

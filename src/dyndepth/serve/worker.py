@@ -124,15 +124,17 @@ class Engine:
     ``max_queue`` waiting jobs."""
 
     def __init__(self, decoder, max_queue: int = 64, max_batch_size: int | None = None,
-                 prefill_chunk: int | None = None, scheduler=None):
-        """scheduler: what steps the rows (default: a Scheduler over ``decoder``; tests pass a model-free one)."""
+                 prefill_chunk: int | None = None, scheduler=None, step_log=None):
+        """scheduler: what steps the rows (default: a Scheduler over ``decoder``; tests pass a model-free one);
+        step_log: an engine.steplog.StepLog for the default scheduler."""
         if max_queue < 1:
             raise DyndepthError(f"--max-queue must be >= 1, got {max_queue}")
         if max_batch_size is not None and max_batch_size < 1:
             raise DyndepthError(f"--max-batch-size must be >= 1, got {max_batch_size}")
         self.decoder = decoder
         self.max_queue = max_queue
-        self.scheduler = scheduler or Scheduler(decoder, max_batch_size=max_batch_size, prefill_chunk=prefill_chunk)
+        self.scheduler = scheduler or Scheduler(decoder, max_batch_size=max_batch_size, prefill_chunk=prefill_chunk,
+                                                step_log=step_log)
         self.max_batch_size = self.scheduler.max_batch_size
         self.prompts = PromptBuilder.from_decoder(decoder)  # what the HTTP layer tokenises and checks with
         self._waiting: collections.deque[Handle] = collections.deque()
