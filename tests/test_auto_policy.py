@@ -535,11 +535,13 @@ def test_a_sequence_has_a_backlog_after_its_prompt_and_after_steps_it_did_not_dr
     from dyndepth.engine.sequence import Sequence
 
     s = Sequence.__new__(Sequence)
-    s.pair_tokens = s.pair_feats = None
+    s.pair_tokens, s.pair_feats = [], []
     s.pair_steps = 1  # a new sequence: the prompt's pairs wait
     s.add_pairs(torch.arange(5), torch.zeros(5, 3))  # the prefill's pairs
     assert s.pair_steps > 1
-    s.take_pairs()  # the first draft catches up
+    s.add_pairs(torch.arange(5, 7), torch.ones(2, 3))  # a plain step
+    tokens, feats = s.take_pairs()  # the first draft catches up on both, in order
+    assert tokens.tolist() == list(range(7)) and feats.shape == (7, 3) and feats[5:].eq(1).all()
     s.add_pairs(torch.arange(2), torch.zeros(2, 3))  # a drafting step commits 2 tokens
     assert s.pair_steps == 1  # no backlog: the next draft takes just that step's pairs
     s.add_pairs(torch.arange(1), torch.zeros(1, 3))  # a plain step

@@ -24,6 +24,7 @@ from serve_helpers import LoopbackServer
 openai = pytest.importorskip("openai", reason="the 'dev' extra (openai) is not installed")
 pytest.importorskip("fastapi", reason="the 'serve' extra is not installed")
 
+from dyndepth.errors import DyndepthError  # noqa: E402
 from dyndepth.serve.app import Settings, create_app  # noqa: E402
 from dyndepth.serve.worker import Engine  # noqa: E402
 from dyndepth.text import TextChunk  # noqa: E402
@@ -445,6 +446,37 @@ def fake(decoder):
     yield dec, eng
     dec.gate.set()
     eng.close()
+
+
+def test_launch_builds_the_decoder_and_steps_in_one_thread(decoder):
+    """Engine.launch: the build and every step run in the engine's thread, never the caller's (two threads with
+    torch work give the process two OpenMP pools, which stops libgomp spinning); a build error reaches the caller."""
+    dec = FakeDecoder(decoder.tokenizer)
+    dec.fail_id = None
+    sched = FakeScheduler(dec)
+    seen = {}
+    step = sched.step
+    sched.step = lambda: seen.setdefault("step", threading.get_ident()) and step()
+
+    def build():
+        seen["build"] = threading.get_ident()
+        return dec
+
+    eng = Engine.launch(build, max_queue=4, scheduler=sched)
+    try:
+        assert eng.alive and eng.decoder is dec
+        with LoopbackServer(create_app(eng, Settings(model_name=NAME))) as url:
+            status, body = raw(url, "POST", "/v1/completions", {"model": NAME, "prompt": [5, 6], "max_tokens": 3})
+        assert status == 200, body
+        assert seen["build"] == seen["step"] == eng._thread.ident != threading.get_ident()
+    finally:
+        eng.close()
+
+    def bad_build():
+        raise DyndepthError("no such model")
+
+    with pytest.raises(DyndepthError, match="no such model"):
+        Engine.launch(bad_build, max_queue=4)
 
 
 def test_a_full_queue_answers_429_then_recovers(fake):

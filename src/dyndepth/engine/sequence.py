@@ -49,8 +49,11 @@ class Sequence:
         self.calibrations = None  # a seeded sampling row's own (suffix, head) calibrations (drafters/stage.py)
         self.prefilled = 0  # prompt tokens already in the KV cache
         self.root: int | None = None  # the last token produced, not yet in the KV cache
-        self.pair_tokens: torch.Tensor | None = None  # [n] committed pairs the head has not seen (last = root)
-        self.pair_feats: torch.Tensor | None = None  # [n, F] their target features
+        # committed pairs the head has not seen (last token = root): per step tokens [n_i] and features [n_i, F],
+        # joined only when the head takes them (a row that runs plain for long would otherwise copy its whole
+        # backlog every step)
+        self.pair_tokens: list[torch.Tensor] = []
+        self.pair_feats: list[torch.Tensor] = []
         self.pair_steps = 1  # steps whose pairs wait (the prompt counts as one): > 1 at a draft = a backlog
         self.emitted = 0
         self.error: BaseException | None = None
@@ -70,17 +73,19 @@ class Sequence:
         if feats is None:
             return
         self.pair_steps += 1
-        if self.pair_tokens is None:
-            self.pair_tokens, self.pair_feats = tokens, feats
-        else:
-            self.pair_tokens = torch.cat([self.pair_tokens, tokens])
-            self.pair_feats = torch.cat([self.pair_feats, feats])
+        self.pair_tokens.append(tokens)
+        if feats.untyped_storage().nbytes() > feats.numel() * feats.element_size():
+            feats = feats.clone()  # a prompt chunk's slice would keep its whole step's features alive
+        self.pair_feats.append(feats)
 
     def take_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every waiting pair, oldest first: tokens [n], features [n, F]."""
         tokens, feats = self.pair_tokens, self.pair_feats
-        self.pair_tokens = self.pair_feats = None
+        self.pair_tokens, self.pair_feats = [], []
         self.pair_steps = 0
-        return tokens, feats
+        if len(tokens) == 1:
+            return tokens[0], feats[0]
+        return torch.cat(tokens), torch.cat(feats)
 
     # -- what the target's logits become before a token is picked or verified ------------------------------------
     def processed(self, logits_at, depth_of):

@@ -162,17 +162,16 @@ def run(args) -> int:
         from dyndepth.serve.ray_cli import run_ray
 
         return run_ray(args)
-    from dyndepth.options import build_decoder, check_decoder_options
+    from dyndepth.options import check_decoder_options
 
     check_decoder_options(args)
     sockets = bind(args.host, args.port)
     engine = step_log = None
     try:
-        dec = build_decoder(args)
-        validate.max_new_tokens_fit(args.default_max_tokens, dec.target.max_context, option="--default-max-tokens")
         step_log = StepLog(Path(args.step_log).expanduser()) if args.step_log else None
-        engine = Engine(dec, max_queue=args.max_queue, max_batch_size=args.max_batch_size,
-                        prefill_chunk=args.prefill_chunk, step_log=step_log).start()
+        engine = Engine.launch(lambda: _decoder(args), max_queue=args.max_queue, max_batch_size=args.max_batch_size,
+                               prefill_chunk=args.prefill_chunk, step_log=step_log)  # built in the engine's thread
+        dec = engine.decoder
         settings = Settings(model_name=args.served_model_name or args.model, api_key=args.api_key,
                             request_timeout_s=args.request_timeout or None, max_body_bytes=args.max_body_bytes,
                             default_max_tokens=args.default_max_tokens, cors_origins=tuple(args.cors_origin))
@@ -190,6 +189,14 @@ def run(args) -> int:
         for sock in sockets:
             sock.close()
     return 0
+
+
+def _decoder(args):
+    from dyndepth.options import build_decoder
+
+    dec = build_decoder(args)
+    validate.max_new_tokens_fit(args.default_max_tokens, dec.target.max_context, option="--default-max-tokens")
+    return dec
 
 
 def _is_loopback(host: str) -> bool:

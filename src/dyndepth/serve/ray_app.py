@@ -118,12 +118,18 @@ class DyndepthEngine:
 
         args = parse_options(options)
         self.replica = serve.get_replica_context().replica_id.unique_id
-        decoder = build_decoder(args)
-        validate.max_new_tokens_fit(args.default_max_tokens, decoder.target.max_context, option="--default-max-tokens")
-        # The router sends at most max_ongoing_requests jobs, far fewer than REPLICA_QUEUE: the queue that can
-        # fill up, and answer 429, is the ingress's
-        self.engine = Engine(decoder, max_queue=REPLICA_QUEUE, max_batch_size=args.max_batch_size,
-                             prefill_chunk=args.prefill_chunk).start()
+
+        def build():
+            decoder = build_decoder(args)
+            validate.max_new_tokens_fit(args.default_max_tokens, decoder.target.max_context,
+                                        option="--default-max-tokens")
+            return decoder
+
+        # Built in the engine's own thread (Engine.launch: one OpenMP pool per process). The router sends at most
+        # max_ongoing_requests jobs, far fewer than REPLICA_QUEUE: the queue that can fill up, and answer 429, is
+        # the ingress's
+        self.engine = Engine.launch(build, max_queue=REPLICA_QUEUE, max_batch_size=args.max_batch_size,
+                                    prefill_chunk=args.prefill_chunk)
         self.cancelled = 0  # jobs whose call the ingress cancelled (client gone, timeout)
         # each engine step's (rows, tokens), sent to the ingress with the next event of any job (its metrics)
         self._steps: collections.deque = collections.deque()
