@@ -85,6 +85,9 @@ def main(argv=None) -> int:
     ap.add_argument("--malformed-share", type=float, default=0.1)
     ap.add_argument("--stream-share", type=float, default=0.5, help="share of normal requests that stream")
     ap.add_argument("--request-timeout", type=float, default=900.0, help="client socket timeout, seconds")
+    ap.add_argument("--startup-timeout", type=float, default=300.0,
+                    help="seconds the server it starts may take to answer /health (a 1.5B model in float32 that "
+                    "probes its costs first needs more)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="write the report here too")
     ap.add_argument("--answers-cache", type=Path, default=None,
@@ -191,7 +194,7 @@ def _start_server(args):
         cmd += ["--replicas", str(args.replicas)] + (["--ray-address", args.ray_address] if args.ray_address else [])
     proc = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + args.startup_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"the server exited with code {proc.returncode}")
@@ -202,7 +205,7 @@ def _start_server(args):
             pass
         time.sleep(0.5)
     proc.terminate()
-    raise SystemExit("the server did not come up in 300 s")
+    raise SystemExit(f"the server did not come up in {args.startup_timeout:.0f} s")
 
 
 def _require_loopback(url: str) -> None:
