@@ -33,3 +33,12 @@ def tiny_chat_model(smollm2_path, tmp_path_factory):
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def steady_clock(monkeypatch):
+    """The engine's step clock ticks 10 ms per reading: ``auto`` corrects its cost curves from measured step times,
+    so a test that asserts what auto chose (trees that vary, drafts that get accepted) must not depend on how fast
+    or busy the machine is (on CI's machine the real clock made it price a wrong head out of every step)."""
+    ticks = iter(range(10**9))
+    monkeypatch.setattr("dyndepth.engine.step._now", lambda device: 0.01 * next(ticks))

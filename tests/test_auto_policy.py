@@ -224,7 +224,7 @@ def _hf_greedy(target, prompt, n):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
-def test_auto_is_lossless_and_varies_the_tree(arch):
+def test_auto_is_lossless_and_varies_the_tree(arch, steady_clock):
     from dyndepth.decoder import SpeculativeDecoder
     from oracle_head import OracleHead
     from tiny_models import VOCAB, tiny_target

@@ -233,7 +233,7 @@ def test_a_seed_gives_the_same_sampled_text_on_any_call_alone_or_batched(drafter
 
 @pytest.mark.parametrize("policy", ["fixed", "auto"])
 @pytest.mark.parametrize("drafter", ["suffix", "hybrid", "switch"])
-def test_every_policy_takes_every_drafter(policy, drafter):
+def test_every_policy_takes_every_drafter(policy, drafter, steady_clock):
     target = tiny_target("gemma3")
     head = head_for(target) if drafter != "suffix" else None
     if policy == "auto":

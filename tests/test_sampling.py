@@ -74,7 +74,7 @@ def test_joint_distribution_of_first_tokens_matches_target(toy_target, params):
     check_joint_distribution(toy_target, params)
 
 
-def check_joint_distribution(toy_target, params, policy="fixed", drafter="head", prompt=PROMPT, monkeypatch=None):
+def check_joint_distribution(toy_target, params, policy="fixed", drafter="head", prompt=PROMPT):
     """Samples 4000 three-token answers as rows of batches of 64 and compares them with the exact joint law."""
     torch.manual_seed(123)
     head = DraftHead(head_config(toy_target.config))  # random: a deliberately wrong draft
@@ -128,9 +128,9 @@ def check_joint_distribution(toy_target, params, policy="fixed", drafter="head",
 
 
 @pytest.mark.parametrize("params", [SamplingParams(temperature=0.7, top_p=0.9)], ids=["T0.7-top_p0.9"])
-def test_joint_distribution_matches_target_with_the_auto_policy(toy_target, params, monkeypatch):
+def test_joint_distribution_matches_target_with_the_auto_policy(toy_target, params, steady_clock):
     """auto chooses depth and tree size per step from what it has seen: still exactly the target's distribution."""
-    outs = check_joint_distribution(toy_target, params, policy="auto", monkeypatch=monkeypatch)
+    outs = check_joint_distribution(toy_target, params, policy="auto")
     sizes = {(s.depth, s.tree_size) for o in outs for s in o.stats.step_stats}
     assert len(sizes) > 2  # the trees did change from step to step
 
