@@ -94,10 +94,10 @@ def test_joint_distribution_of_first_tokens_matches_target(static_toy_target, pa
     assert static_toy_target.cache is not None and static_toy_target.cache.written
 
 
-def test_joint_distribution_matches_target_with_the_auto_policy(static_toy_target):
+def test_joint_distribution_matches_target_with_the_auto_policy(static_toy_target, steady_clock):
     """auto changes the tree size from step to step: several buckets, still the target's distribution."""
     test_sampling.test_joint_distribution_matches_target_with_the_auto_policy(
-        static_toy_target, SamplingParams(temperature=0.7, top_p=0.9))
+        static_toy_target, SamplingParams(temperature=0.7, top_p=0.9), steady_clock)
 
 
 # -- what the reused checks cannot see ---------------------------------------------------------------------------
