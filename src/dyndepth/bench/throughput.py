@@ -81,19 +81,26 @@ def run_throughput(cfg, batch_sizes: list[int], only: dict[str, list[int]] | Non
         method.generate_batch(prompts[:top], warm, cfg.seed, top)
         log(f"warm-up {name}: {time.perf_counter() - t0:.1f} s")
 
+    from tqdm import tqdm
+
     results: list[BatchResult] = []
     names = list(methods)
-    for i, b in enumerate(batch_sizes):
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            if b not in only.get(name, batch_sizes):
-                continue
-            try:
-                r = methods[name].generate_batch(prompts, params, cfg.seed, b)
-            except MethodSkipped as exc:
-                skipped[f"{name}@{b}"] = str(exc)
-                continue
-            results.append(r)
-            log(f"B={b:<3} {name:<12} {r.tokens_per_s:8.2f} tok/s  ({r.new_tokens} tokens in {r.wall_s:.1f} s)")
+    cells = [(b, name) for i, b in enumerate(batch_sizes)
+             for name in names[i % len(names):] + names[:i % len(names)] if b in only.get(name, batch_sizes)]
+    bar = tqdm(total=len(cells), unit="cell", file=sys.stderr, desc="bench", dynamic_ncols=True)
+    for b, name in cells:  # a cell decodes every prompt: minutes each for a 1.5B model on a CPU
+        bar.set_postfix_str(f"B={b} {name}, {len(prompts)} prompts")
+        try:
+            r = methods[name].generate_batch(prompts, params, cfg.seed, b)
+        except MethodSkipped as exc:
+            skipped[f"{name}@{b}"] = str(exc)
+            bar.update()
+            continue
+        results.append(r)
+        bar.write(f"B={b:<3} {name:<12} {r.tokens_per_s:8.2f} tok/s  ({r.new_tokens} tokens in {r.wall_s:.1f} s)",
+                  file=sys.stderr)
+        bar.update()
+    bar.close()
     close_methods(methods)
     info = machine_info(cfg.device)
     run = {"model": cfg.model, "model_id": ctx.model_id, "bench": cfg.bench, "bench_file": str(bench_path),
