@@ -84,21 +84,27 @@ def test_head_grows_no_deeper_than_its_tree_can_hold():
         assert max(depths) == deepest and max(s.tree_size for s in out.stats.step_stats) <= n
 
 
-def test_default_tree_size_follows_the_machine_and_the_drafter():
-    """The head's trees default to 4 tokens where the CPU computes in float32 (its verify cost is steepest there),
-    24 where it has a half matmul; a drafter with suffix matches keeps 24 (their nodes are accepted far more)."""
+def test_default_tree_size_follows_the_machine_and_the_drafter(monkeypatch):
+    """The head's trees default to 24 tokens where bf16 matmuls run in AMX tiles, 4 on other CPUs (float32 matmuls,
+    or AVX512-BF16 vectors: verify cost grows fast with N there); a drafter with suffix matches keeps 24 on any CPU
+    (their nodes are accepted far more)."""
     from types import SimpleNamespace
 
-    from dyndepth.decoder import DEFAULT_TOTAL_TOKENS, SpeculativeDecoder, machine_class
+    import dyndepth.decoder as decoder
+    from dyndepth.decoder import DEFAULT_TOTAL_TOKENS, SUFFIX_TOTAL_TOKENS, SpeculativeDecoder, machine_class
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert machine_class(SimpleNamespace(device=cpu, dtype=torch.float32)) == "cpu-float32"
-    assert machine_class(SimpleNamespace(device=cpu, dtype=torch.bfloat16)) == "cpu"
+    for tiles in (True, False):
+        monkeypatch.setattr(decoder, "matrix_tiles", lambda tiles=tiles: tiles)
+        assert machine_class(SimpleNamespace(device=cpu, dtype=torch.float32)) == "cpu"
+        assert machine_class(SimpleNamespace(device=cpu, dtype=torch.bfloat16)) == ("cpu-amx" if tiles else "cpu")
     assert machine_class(SimpleNamespace(device=cuda, dtype=torch.float32)) == "cuda"
-    assert DEFAULT_TOTAL_TOKENS["cpu-float32"] < DEFAULT_TOTAL_TOKENS["cpu"] < DEFAULT_TOTAL_TOKENS["cuda"]
+    assert DEFAULT_TOTAL_TOKENS["cpu"] < DEFAULT_TOTAL_TOKENS["cpu-amx"] < DEFAULT_TOTAL_TOKENS["cuda"]
+    monkeypatch.undo()
     head_only = tiny_decoder("llama", policy="ddd", drafter="head")
-    assert head_only.total_tokens == DEFAULT_TOTAL_TOKENS["cpu-float32"]
+    assert head_only.total_tokens == DEFAULT_TOTAL_TOKENS["cpu"]
     hybrid = SpeculativeDecoder(head_only.target, head_only.head, policy="ddd", drafter="hybrid")
-    assert hybrid.total_tokens == DEFAULT_TOTAL_TOKENS["cpu"]
+    assert hybrid.total_tokens == SUFFIX_TOTAL_TOKENS["cpu"]
+    assert hybrid.head_tokens == DEFAULT_TOTAL_TOKENS["cpu"]
     assert SpeculativeDecoder(head_only.target, head_only.head, policy="ddd", drafter="head",
                               total_tokens=9).total_tokens == 9

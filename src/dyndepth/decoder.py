@@ -36,7 +36,7 @@ from dyndepth.drafters.suffix import SuffixOptions
 from dyndepth.engine.scheduler import DEFAULT_MAX_BATCH, Scheduler
 from dyndepth.engine.sequence import Sequence
 from dyndepth.errors import DyndepthError
-from dyndepth.fastpath import apply_fast_path, half_weight
+from dyndepth.fastpath import apply_fast_path, half_weight, matrix_tiles
 from dyndepth.head import DraftHead, DraftKV, StaticDraftKV, head_config
 from dyndepth.policies import AUTO_OPTIONS, DepthPolicy, make_policy
 from dyndepth.request import GenerationRequest, ResolvedRequest
@@ -45,22 +45,27 @@ from dyndepth.target import Target, parse_dtype
 from dyndepth.text import TextChunk, TextStream
 from dyndepth.validate import OptionError
 
-# Tokens verified per step (root included). EAGLE-2 uses 60 on GPUs; a CPU's verify cost grows quickly with N, and
-# fastest where it computes in float32 (a float32 model, or half weights upcast on a CPU without bf16 tiles): there
-# 24 tokens cost ~5 one-token forwards, and 4 was the fastest tree of the head alone on MT-bench
-# (docs/BENCHMARKS.md). A suffix match's nodes are accepted far more often, so trees with them keep 24.
-DEFAULT_TOTAL_TOKENS = {"cpu": 24, "cpu-float32": 4, "cuda": 60}
+# Tokens verified per step by the head's trees (root included), per machine class. EAGLE-2 uses 60 on GPUs. On a CPU
+# the verify cost grows with N, least where half-precision matmuls run in AMX tiles (24, tuned on the AMX Xeon).
+# Elsewhere, with bf16 in AVX512-BF16 vector instructions (a 24-token forward costs ~1.9 one-token forwards) or in
+# float32 (a float32 model, or half weights upcast on a CPU without a native matmul: ~5), 4 tokens were the fastest
+# tree of the head alone on MT-bench tuning questions, for both zoo models (docs/BENCHMARKS.md).
+DEFAULT_TOTAL_TOKENS = {"cpu-amx": 24, "cpu": 4, "cuda": 60}
+# A tree with suffix matches (suffix, hybrid, switch) holds this many: their nodes are accepted far more often than
+# the head's; beside them a default-sized tree keeps the head's own share (DEFAULT_TOTAL_TOKENS) of head-only nodes.
+SUFFIX_TOTAL_TOKENS = {"cpu": 24, "cuda": 60}
 # The auto policy chooses N per step; this is only its upper bound (and the largest size it measures).
 AUTO_TOTAL_TOKENS = {"cpu": 48, "cuda": 128}
 DEFAULT_TOP_K = 10
 
 
 def machine_class(target: Target) -> str:
-    """Which DEFAULT_TOTAL_TOKENS the head's trees get: "cuda", "cpu" (a half-precision matmul the CPU computes
-    natively, e.g. bf16 on AMX) or "cpu-float32" (float32 matmuls)."""
+    """Which DEFAULT_TOTAL_TOKENS the head's trees get: "cuda", "cpu-amx" (half-precision matmuls in AMX tiles) or
+    "cpu" (float32 matmuls, or bf16 in AVX512-BF16 vector instructions)."""
     if target.device.type == "cuda":
         return "cuda"
-    return "cpu-float32" if target.dtype == torch.float32 else "cpu"
+    # a half model on a CPU without a native matmul computes in float32: its dtype is float32 by now (fastpath.py)
+    return "cpu-amx" if target.dtype != torch.float32 and matrix_tiles() else "cpu"
 
 
 @dataclass
@@ -107,10 +112,11 @@ class SpeculativeDecoder:
         if head is not None:
             head.bind(target.embed, target.lm_head.weight, half_weight(target.lm_head))
         machine = machine_class(target)
+        device = "cuda" if target.device.type == "cuda" else "cpu"
         if self.policy.name == "auto":
-            default = AUTO_TOTAL_TOKENS["cuda" if target.device.type == "cuda" else "cpu"]
+            default = AUTO_TOTAL_TOKENS[device]
         else:
-            default = DEFAULT_TOTAL_TOKENS["cpu" if machine == "cpu-float32" and kind != "head" else machine]
+            default = DEFAULT_TOTAL_TOKENS[machine] if kind == "head" else SUFFIX_TOTAL_TOKENS[device]
         self.total_tokens = int(tree.get("total_tokens") or default)
         # the head's own tree; beside suffix matches a default-sized tree keeps only this share of head-only nodes
         self.head_tokens = self.total_tokens if tree.get("total_tokens") else DEFAULT_TOTAL_TOKENS[machine]

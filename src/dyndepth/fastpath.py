@@ -54,6 +54,12 @@ def native_half_matmul(dtype: torch.dtype) -> bool:
     return True
 
 
+def matrix_tiles() -> bool:
+    """Whether this CPU multiplies half-precision matrices in tiles (AMX): there a tree's verify cost hardly grows
+    with its tokens, where AVX512-BF16's vector instructions pay for every row (docs/BENCHMARKS.md)."""
+    return bool(torch.cpu._is_amx_tile_supported())
+
+
 def mkldnn_packing_available() -> bool:
     ops = getattr(torch.ops, "mkldnn", None)
     return bool(torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight")

@@ -75,7 +75,7 @@ register_method(MethodSpec("eagle2-cpu", "EAGLE-2 fixed-depth tree sized for a 2
                            "tune with --sweep)", tree_factory,
                            {"policy": "fixed", "max_depth": 5, "top_k": 4, "total_tokens": 12}))
 register_method(MethodSpec("ddd", "Dynamic Depth Decoding with its published constants; total_tokens = the "
-                           "decoder's default (60 on CUDA; 24 on a CPU, 4 with the head alone on float32 matmuls)",
+                           "decoder's default (60 on CUDA; on a CPU 24, or 4 for the head alone unless bf16 runs in AMX tiles)",
                            tree_factory,
                            {"policy": "ddd", "max_depth": 11, "checks": (5, 7, 9), "threshold": -0.3,
                             "top_k": 10, "total_tokens": None}))
