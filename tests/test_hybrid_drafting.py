@@ -309,6 +309,30 @@ def test_hybrid_skips_the_head_where_the_suffix_is_sure(monkeypatch):
     assert 0 not in drafting_depths()
 
 
+def test_hybrid_keeps_a_sure_match_whole_and_cuts_the_others(monkeypatch):
+    """The policy's suffix depth rule cuts the suffix candidates merged beside the head, but a proposal sure enough
+    to skip the head (score >= SWITCH_SCORE) is kept whole, as the switch keeps it; the suffix drafter alone still
+    cuts every proposal (ddd's rule on its candidates)."""
+    target = tiny_target("gemma3")  # its greedy output settles into a loop: long, confident matches
+    prompt = repetitive(0)
+    want = hf_greedy(target, prompt, 80)
+
+    def steps(drafter):
+        dec = SpeculativeDecoder(target, head_for(target) if drafter != "suffix" else None, policy="ddd",
+                                 drafter=drafter, **TREE)
+        monkeypatch.setattr(dec.policy, "suffix_depth", lambda depths, log_p, top_k: 1)  # cut after one level
+        out = dec.generate(prompt, max_new_tokens=80)
+        assert out.token_ids == want
+        return [s for s in out.stats.step_stats if s.tree_size > 1]
+
+    hybrid = steps("hybrid")
+    sure = [s for s in hybrid if s.depth == 0]
+    assert sure and max(s.tree_depth for s in sure) > 1
+    merged = [d for s in hybrid if s.depth > 0 for d, src in zip(s.node_depths, s.node_sources) if src == SUFFIX]
+    assert merged and max(merged) <= 1  # unsure: cut
+    assert max(s.tree_depth for s in steps("suffix")) == 1
+
+
 def test_a_suffix_match_runs_deeper_than_the_head():
     target = tiny_target("gemma3")  # its greedy output settles into a loop: long, confident matches
     dec = SpeculativeDecoder(target, None, policy="ddd", drafter="suffix", top_k=4, total_tokens=40, max_depth=6,

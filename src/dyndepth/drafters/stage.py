@@ -4,9 +4,9 @@
     drafter "suffix"   suffix matches alone (drafters/suffix.py): no head, any causal LM; the default without a head
     drafter "hybrid"   the default with a head: both in one pool per row, merged and reranked on calibrated
                        P(accepted) (drafters/hybrid.py); a row whose suffix proposal alone scores SWITCH_SCORE or
-                       more skips the head that step (the head's draft costs a fifth of a SmolLM2 step and adds
-                       little to a long, confident match), so hybrid drafts as ``switch`` where the suffix is sure
-                       and merges where it is not
+                       more skips the head that step and keeps that proposal whole (the head's draft costs a fifth
+                       of a SmolLM2 step and adds little to a long, confident match), so hybrid drafts as
+                       ``switch`` where the suffix is sure and merges where it is not
     drafter "switch"   either/or per row and step, as shipped hybrids do: the suffix tree when its score (the sum of
                        its nodes' frequency estimates, SuffixDecoding's expected accepted tokens) is at least
                        SWITCH_SCORE, else the head's (the baseline ``hybrid`` is measured against)
@@ -23,7 +23,9 @@ on any call, alone or batched (greedy rows need no such care: their output never
 ``pools`` returns one pool per decode row (None: the row verifies its root alone this step). The depth policy sees
 both sources: the head grows under its ``should_stop`` (auto also sees the suffix candidates beside the growing
 pool, ``pool.side_logp``, so the two spend one node budget), the suffix candidates are cut by its
-``suffix_depth`` rule on their calibrated path probabilities (ddd: DDD's check on the suffix levels), and
+``suffix_depth`` rule on their calibrated path probabilities (ddd: DDD's check on the suffix levels; but hybrid
+keeps a sure proposal whole, as the switch does: the rule's threshold, made for a head's beam, cut sure matches at
+depth 5-6 where the switch went on to 8, docs/BENCHMARKS.md), and
 ``tree_sizes`` sizes the merged pools. ``observe`` teaches the suffix calibration (and, unless the policy owns it,
 the head calibration) from each verified tree.
 """
@@ -117,7 +119,8 @@ class DraftStage:
                 s = score(rows[i].suffix.propose(max_nodes=caps[i] - 1), self._calibrations(rows[i])[0])
                 if s.proposal.score >= SWITCH_SCORE:  # the whole proposal's score, before the depth rule
                     sure.add(i)
-                if self.kind != "switch" and len(s):
+                whole = self.kind == "switch" or (self.kind == "hybrid" and i in sure)  # as the switch drafts it
+                if not whole and len(s):
                     s = s.cut(policy.suffix_depth(s.depths, s.log_p, dec.top_k))
                 scored[i] = s
         head_rows = [i for i in drafting if i not in sure] if self.uses_head else []
