@@ -38,8 +38,8 @@ def add_decoder_options(p: argparse.ArgumentParser, default_policy: str = "ddd")
     g.add_argument("--draft-top-k", type=int, default=None, dest="tree_top_k",
                    help="beam width: children kept per node and nodes kept per depth, 1..64 (default: 10)")
     g.add_argument("--total-tokens", type=int, default=None,
-                   help="tokens verified per step, root included, 2..1024 (default: 24 on CPU, 60 on CUDA; auto: "
-                        "the most it may choose, 48 / 128)")
+                   help="tokens verified per step, root included, 2..1024 (default: 60 on CUDA; on a CPU 24, or 4 for "
+                        "--drafter head unless bf16 runs in AMX tiles; auto: the most it may choose, 48 / 128)")
     g.add_argument("--max-depth", type=int, default=None, help="most draft levels per step (ddd: 11, fixed: 6)")
     g.add_argument("--checks", default=None, help="ddd check depths, comma separated (default: 5,7,9)")
     g.add_argument("--threshold", type=float, default=None, help="ddd stop threshold on log beam mass (default: -0.3)")
