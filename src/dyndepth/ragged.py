@@ -40,9 +40,25 @@ def attend(query: torch.Tensor, spans, keys_of: Callable, mask_of: Callable, sca
     outs = []
     for i, span in enumerate(spans):
         k, v = keys_of(i)
-        outs.append(F.scaled_dot_product_attention(query[:, :, span.start:span.stop], k, v, attn_mask=mask_of(i),
-                                                   scale=scale, enable_gqa=gqa))  # [1, h, t_i, d]
+        outs.append(sdpa(query[:, :, span.start:span.stop], k, v, mask_of(i), scale, gqa))  # [1, h, t_i, d]
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float | None,
+         gqa: bool) -> torch.Tensor:
+    """q [1, h, t, d], k/v [1, n_kv, S, d], mask [1, 1, t, S] or None -> [1, h, t, d].
+
+    On a CPU, PyTorch's kernel for a single bf16/fp16 query is several times slower than the same attention in
+    float32 (torch 2.13, Qwen2.5-1.5B's shape at S = 250: 350-430 us against 55-70 us, upcast included; with two or
+    more queries the kernels are level), and plain decoding or a batch's rows that do not draft send one query per
+    row and layer. Such a query attends in float32, which is at least as exact (the bf16 kernel accumulates in
+    float32 too); the output is rounded back to the model's dtype."""
+    if q.shape[2] == 1 and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                             attn_mask=None if mask is None else mask.float(), scale=scale,
+                                             enable_gqa=gqa)
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
 
 def causal_mask(n: int, past: int, dtype, device) -> torch.Tensor:
