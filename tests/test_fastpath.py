@@ -248,6 +248,7 @@ def test_upcast_is_exact_and_follows_the_cpu(monkeypatch):
         "cpu: float32 compute (bfloat16 weights upcast: no native bfloat16 matmul on this CPU)"
 
     monkeypatch.setattr(fastpath, "native_half_matmul", lambda dtype: True)
+    monkeypatch.setattr(fastpath, "half_packing", lambda dtype: False)
     model = tiny_models.tiny_target("llama", dtype=torch.bfloat16).model
     name = apply_fast_path(model, pack=True)  # native bf16: no upcast, and packing needs float32
     assert next(model.parameters()).dtype == torch.bfloat16
@@ -268,8 +269,8 @@ def test_clean_fallbacks():
 
 @pytest.mark.parametrize("native", [False, True])
 def test_from_pretrained_applies_it_and_says_what_ran(monkeypatch, capsys, smollm2_path, native):
-    """A bf16 zoo model: float32 compute where the CPU has no bf16 matmul (else bf16 as loaded), named in describe()
-    and in `generate --json`; fast_path=False keeps eager."""
+    """A bf16 zoo model: float32 compute where the CPU has no bf16 matmul (else bf16 as loaded, on prepacked weights
+    where this CPU really has one), named in describe() and in `generate --json`; fast_path=False keeps eager."""
     from dyndepth.cli import main
     from dyndepth.decoder import SpeculativeDecoder
 
@@ -277,7 +278,9 @@ def test_from_pretrained_applies_it_and_says_what_ran(monkeypatch, capsys, smoll
     dec = SpeculativeDecoder.from_pretrained(str(smollm2_path), dtype="bfloat16", policy="plain")
     d = dec.describe()
     assert d["dtype"] == ("torch.bfloat16" if native else "torch.float32")
-    assert d["forward"].startswith("eager (" if native else "cpu: float32 compute (bfloat16 weights upcast")
+    packs = native and fastpath.half_packing(torch.bfloat16)  # what this CPU really has decides the packing
+    assert d["forward"].startswith(("cpu: prepacked bfloat16" if packs else "eager (") if native
+                                   else "cpu: float32 compute (bfloat16 weights upcast")
     off = SpeculativeDecoder.from_pretrained(str(smollm2_path), dtype="bfloat16", policy="plain", fast_path=False)
     assert off.describe()["forward"] == "eager (fast_path=False)" and off.target.dtype == torch.bfloat16
     assert main(["generate", "--model", str(smollm2_path), "--policy", "plain", "--prompt", "hi", "--threads", "1",
@@ -306,3 +309,69 @@ def test_fast_path_pack_packs_the_multi_row_linears_and_stays_exact(monkeypatch,
     assert fast_path_calls(packed.target.model)["packed"] > 0
     with pytest.raises(OptionError, match="fast_path"):
         SpeculativeDecoder.from_pretrained(str(tiny_chat_model), dtype="float32", fast_path="fast")
+
+
+def test_bf16_linears_run_on_prepacked_weights_where_the_cpu_multiplies_bf16():
+    """On a CPU with a native bf16 matmul, a bf16 model's decoder linears and lm_head run on oneDNN-prepacked copies
+    for every row count (one row included), with the same outputs as torch's own bf16 linear up to bf16 rounding,
+    and the parameters untouched; elsewhere the float32 upcast runs instead and nothing is packed."""
+    import copy
+
+    model = tiny_models.tiny_target("llama", dtype=torch.bfloat16).model
+    eager = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    name = apply_fast_path(model)
+    linears = [m for m in model.model.modules() if isinstance(m, torch.nn.Linear)]
+    if not fastpath.half_packing(torch.bfloat16):  # no native bf16 matmul here: the upcast, never a bf16 packing
+        assert name.startswith("cpu: float32 compute") and "prepacked" not in name
+        assert all(fastpath.packed_matmul(m) is None for m in linears + [model.get_output_embeddings()])
+        return
+    assert name == "cpu: prepacked bfloat16 linears (oneDNN)"
+    assert linears and all(fastpath.packed_matmul(m) is not None for m in linears)
+    assert fastpath.packed_matmul(model.get_output_embeddings()) is not None
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(v, before[k]) for k, v in after.items())
+    torch.manual_seed(0)
+    for n in (1, 5):  # one row (plain decoding) and several (a tree)
+        ids = torch.randint(0, model.config.vocab_size, (1, n))
+        with torch.inference_mode():
+            got, want = model(ids).logits.float(), eager(ids).logits.float()
+        assert got.dtype == want.dtype and torch.allclose(got, want, atol=3e-2, rtol=3e-2), (got - want).abs().max()
+    calls = sum(m.matmul.calls for m in model.modules() if isinstance(m, PackedLinear))
+    assert calls == 2 * (len(linears) + 1)  # every linear and the lm_head, at both row counts
+    off = tiny_models.tiny_target("llama", dtype=torch.bfloat16).model
+    assert apply_fast_path(off, pack_half=False).startswith("eager (")
+
+
+@pytest.mark.parametrize("subset", [False, True])
+def test_a_bf16_head_runs_on_prepacked_weights_beside_a_packed_target(tmp_path, subset):
+    """Where the target's bf16 linears are prepacked, a bf16 head's are too, and its draft logits run on the
+    target's packed lm_head (shared) or on a packed copy of the draft vocabulary's rows; its draft logits stay
+    those of the plain bf16 head up to bf16 rounding. Elsewhere the head keeps torch's own linears."""
+    from dyndepth.decoder import SpeculativeDecoder, load_head
+    from dyndepth.head import DraftHead, head_config
+    from dyndepth.head.checkpoint import save_eagle
+
+    model = tiny_models.tiny_target("qwen2", 0, torch.bfloat16).model
+    apply_fast_path(model, upcast=False)
+    target = Target(model, tokenizer=None)
+    torch.manual_seed(1)
+    head = DraftHead(head_config(target.config))
+    if subset:
+        head.set_draft_vocab(torch.arange(0, tiny_models.VOCAB, 2))  # even ids only
+    save_eagle(head, tmp_path / "head")
+    draft = load_head(str(tmp_path / "head"), "tiny", target)
+    SpeculativeDecoder(target, draft, policy="ddd", drafter="head")  # binds the head to the target
+    if not fastpath.half_packing(torch.bfloat16):
+        assert fastpath.packed_matmul(target.lm_head) is None and fastpath.packed_matmul(draft.fc) is None
+        assert draft._target["draft_matmul"] is None
+        return
+    assert fastpath.packed_matmul(draft.fc) is not None
+    matmul = draft._target["draft_matmul"]
+    assert (matmul is fastpath.packed_matmul(target.lm_head)) != subset  # shared whole, or its own packed rows
+    hidden = torch.randn(3, target.config.hidden_size).to(torch.bfloat16)
+    with torch.inference_mode():
+        got = draft.logits(hidden).float()
+        want = torch.nn.functional.linear(hidden, draft._target["draft_lm_head"]).float()
+    assert got.shape == (3, draft.draft_vocab_size) and torch.allclose(got, want, atol=2e-2, rtol=2e-2)
+    assert matmul.calls > 0

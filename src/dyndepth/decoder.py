@@ -36,7 +36,7 @@ from dyndepth.drafters.suffix import SuffixOptions
 from dyndepth.engine.scheduler import DEFAULT_MAX_BATCH, Scheduler
 from dyndepth.engine.sequence import Sequence
 from dyndepth.errors import DyndepthError
-from dyndepth.fastpath import apply_fast_path, half_weight, matrix_tiles
+from dyndepth.fastpath import apply_fast_path, half_weight, matrix_tiles, pack_linears, packed_matmul
 from dyndepth.head import DraftHead, DraftKV, StaticDraftKV, head_config
 from dyndepth.policies import AUTO_OPTIONS, DepthPolicy, make_policy
 from dyndepth.request import GenerationRequest, ResolvedRequest
@@ -110,7 +110,7 @@ class SpeculativeDecoder:
         self.head = head
         self.drafting = DraftStage(kind, self.policy, suffix_options, tree.get("suffix_cache", 0))
         if head is not None:
-            head.bind(target.embed, target.lm_head.weight, half_weight(target.lm_head))
+            head.bind(target.embed, target.lm_head.weight, half_weight(target.lm_head), packed_matmul(target.lm_head))
         machine = machine_class(target)
         device = "cuda" if target.device.type == "cuda" else "cpu"
         if self.policy.name == "auto":
@@ -449,10 +449,13 @@ def load_head(head, target_name: str, target: Target, seed: int = 0):
             raise DyndepthError(f"no draft head ships for {target_name!r}; pass --head DIR (EAGLE format), "
                                 f"--head random, or train one with `dyndepth train-head`")
         head = path
+    packed = packed_matmul(target.lm_head) is not None  # the target runs on prepacked bf16 weights: so does the head
     if str(head) == "random":
         torch.manual_seed(seed)
-        draft = DraftHead(head_config(target.config))
-        return draft.to(device=target.device, dtype=target.dtype)
+        draft = DraftHead(head_config(target.config)).to(device=target.device, dtype=target.dtype)
+        if packed:
+            pack_linears(draft, dtype=target.dtype)
+        return draft
     from dyndepth.head import load_head_dir
 
     half = half_weight(target.lm_head) is not None  # the target reads its half weights: so does the head
@@ -460,5 +463,7 @@ def load_head(head, target_name: str, target: Target, seed: int = 0):
     if half and next(draft.parameters()).dtype in (torch.bfloat16, torch.float16):
         apply_fast_path(draft, upcast=True)  # float32 math, few-row linears read the checkpoint's half weights
     draft.to(dtype=target.dtype)
+    if packed:
+        pack_linears(draft, dtype=target.dtype)
     draft.feature_layers(target.num_layers)  # an EAGLE-3 head's layers must exist in this target
     return draft

@@ -21,6 +21,13 @@ in docs/FASTPATH.md (scripts/fastpath_ab.py is the paired A/B); the first two ar
   (docs/FASTPATH.md). The half tensors are the checkpoint's own, kept instead of freed (1.5x the float32 model's
   memory). Without AVX2 or a C compiler an inductor kernel reads them for up to INDUCTOR_ROWS (4) rows; where
   inductor cannot compile either, it warns once and reads the float32 weights.
+- **prepacked bfloat16 linears where the CPU multiplies bf16 natively** (``pack_half``, on by default there):
+  torch's bf16 ``linear`` on a CPU hands the weight to oneDNN in its plain layout and oneDNN re-lays it out at
+  every call, so a one- to eight-row matmul costs 2-4x the same matmul on a weight reordered once (Qwen2.5-1.5B's
+  gate/up at one row: 1.3-2.3 ms against 0.45 ms on the AVX512-BF16 EPYC, the same bits out). Every bf16 linear
+  of the decoder and the lm_head then runs on a prepacked copy (``torch.ops.mkldnn``), for every row count;
+  plain decoding 1.48x, batch-1 ``ddd`` 1.50x, batched plain decoding of 8 rows 1.34x, tokens identical
+  (docs/FASTPATH.md). Costs a second copy of those weights.
 - **prepacked oneDNN matmul for multi-row forwards** (``pack``, float32 only): trees and prefill go through
   ``torch.ops.mkldnn._linear_pointwise`` on a weight reordered once; one-row forwards (plain decoding) keep
   MKL's GEMV (the half read takes forwards of up to HALF_READ_ROWS rows first). Costs a second copy of every
@@ -52,6 +59,14 @@ def native_half_matmul(dtype: torch.dtype) -> bool:
     if dtype == torch.float16:
         return bool(cpu._is_amx_fp16_supported())
     return True
+
+
+def half_packing(dtype: torch.dtype) -> bool:
+    """Whether bf16 linears run on prepacked oneDNN weights here: a bf16 model on a CPU that multiplies bf16
+    natively (AVX512-BF16 or AMX), with oneDNN's packing ops in this torch."""
+    cpu = torch.cpu
+    return bool(dtype == torch.bfloat16 and (cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+                and mkldnn_packing_available())
 
 
 def matrix_tiles() -> bool:
@@ -164,6 +179,7 @@ class PackedMatmul:
                  half: torch.Tensor | None = None):
         self.weight, self.bias, self.half = weight, bias, half
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None) if pack else None
+        self.every_row = weight.dtype != torch.float32  # a packed bf16 weight beats the plain one at one row too
         self.calls = 0  # multi-row calls that ran on the packed weight
         self.half_calls = 0  # calls that read the half weight
 
@@ -175,7 +191,9 @@ class PackedMatmul:
                 self.half_calls += 1
                 y = y.reshape(*x.shape[:-1], y.shape[-1])
                 return y if self.bias is None else y + self.bias
-        if rows == 1 or self.packed is None:  # one row: MKL's GEMV on the plain weight beats the packed copy
+        if self.packed is None or (rows == 1 and not self.every_row):  # float32, one row: MKL's GEMV on the plain
+            return F.linear(x, self.weight, self.bias)                  # weight beats the packed copy
+        if torch.compiler.is_compiling():  # inductor cannot lower an opaque packed weight; it packs its own
             return F.linear(x, self.weight, self.bias)
         self.calls += 1
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
@@ -218,18 +236,20 @@ def fuse_projections(decoder: nn.Module, pack: bool = False, half: dict | None =
     return fused
 
 
-def pack_linears(module: nn.Module, pack: bool = True, half: dict | None = None) -> int:
-    """Swap the module's remaining plain float32 ``nn.Linear``s for PackedLinears (prepacked when ``pack``; reading
-    ``half[id(linear)]`` for few rows when given) -> count."""
+def pack_linears(module: nn.Module, pack: bool = True, half: dict | None = None,
+                 dtype: torch.dtype = torch.float32) -> int:
+    """Swap the module's remaining plain ``nn.Linear``s of ``dtype`` for PackedLinears (prepacked when ``pack``;
+    reading ``half[id(linear)]`` for few rows when given) -> count."""
     swaps = [(parent, name, m) for parent in module.modules() for name, m in parent.named_children()
-             if _plain_linear(m) and m.weight.dtype == torch.float32 and (pack or id(m) in (half or {}))]
+             if _plain_linear(m) and m.weight.dtype == dtype and (pack or id(m) in (half or {}))]
     for parent, name, m in swaps:
         setattr(parent, name, PackedLinear(m, pack, (half or {}).get(id(m))))
     return len(swaps)
 
 
 def apply_fast_path(model: nn.Module, dtype: torch.dtype | None = None, *, upcast: bool | None = None,
-                    fuse: bool = False, pack: bool = False, half_read: bool | None = None) -> str:
+                    fuse: bool = False, pack: bool = False, half_read: bool | None = None,
+                    pack_half: bool | None = None) -> str:
     """Make a loaded causal LM's forward faster on this CPU, in place -> the name of what ran.
 
     dtype: the model's dtype (default: its first parameter's). upcast: compute in float32 (None: exactly when
@@ -238,7 +258,8 @@ def apply_fast_path(model: nn.Module, dtype: torch.dtype | None = None, *, upcas
     off by default: exact, but neither beat eager by a clear margin on the 2-core AVX2 machine of the study
     (docs/FASTPATH.md); the upcast did (2-4x on a bf16 checkpoint). half_read: few-row matmuls of the decoder and
     lm_head read the checkpoint's half weights (None: exactly when upcasting; 1.56x on Qwen2.5-1.5B's plain
-    decoding there).
+    decoding there). pack_half: a bf16 model's linears (decoder and lm_head) on prepacked oneDNN weights (None:
+    exactly where ``half_packing``; a second copy of them).
     Where nothing applies the model is left as it is and the name says why."""
     params = list(model.parameters())
     if not params:
@@ -265,10 +286,19 @@ def apply_fast_path(model: nn.Module, dtype: torch.dtype | None = None, *, upcas
     if fuse and fuse_projections(decoder, pack=can_pack, half=halves):
         steps.append("fused qkv/gate-up")
     notes = []
+    half_pack = (half_packing(dtype) if pack_half is None else pack_half) and dtype == torch.bfloat16
     if can_pack and pack_linears(decoder, half=halves) + sum(isinstance(m, FusedPart) for m in decoder.modules()):
         steps.append("oneDNN-prepacked multi-row linears")
-    elif pack and not can_pack:
+    elif pack and not can_pack and not half_pack:
         notes.append("no packing: " + ("it needs float32" if dtype != torch.float32 else "no oneDNN in this torch"))
+    if half_pack:
+        packed = pack_linears(decoder, dtype=dtype)
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if _plain_linear(head) and head.weight.dtype == dtype and hasattr(model, "set_output_embeddings"):
+            model.set_output_embeddings(PackedLinear(head))  # the embedding keeps a tied weight: a copy, not a move
+            packed += 1
+        if packed:
+            steps.append("prepacked bfloat16 linears (oneDNN)")
     if halves:
         pack_linears(decoder, pack=False, half=halves)  # what packing left plain
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -279,6 +309,12 @@ def apply_fast_path(model: nn.Module, dtype: torch.dtype | None = None, *, upcas
     if not steps:
         return f"eager ({'; '.join(notes) or 'nothing applies to this model'})"
     return "cpu: " + " + ".join(steps) + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def packed_matmul(module: nn.Module | None) -> "PackedMatmul | None":
+    """The prepacked bf16 matmul a fast-path linear runs on (every row count), or None."""
+    matmul = getattr(module, "matmul", None) if isinstance(module, PackedLinear) else None
+    return matmul if matmul is not None and matmul.packed is not None and matmul.every_row else None
 
 
 def half_weight(module: nn.Module | None) -> torch.Tensor | None:

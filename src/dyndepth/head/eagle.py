@@ -95,8 +95,8 @@ class DraftHead(nn.Module):
         self._target = {}  # the target's embedding module and lm_head weight (not parameters of the head)
 
     # -- binding to the target ------------------------------------------------------------------------
-    def bind(self, embed: nn.Module, lm_head_weight: torch.Tensor,
-             lm_head_half: torch.Tensor | None = None) -> "DraftHead":
+    def bind(self, embed: nn.Module, lm_head_weight: torch.Tensor, lm_head_half: torch.Tensor | None = None,
+             lm_head_packed: PackedMatmul | None = None) -> "DraftHead":
         """lm_head_half: the target's lm_head in its half checkpoint dtype where its fast path reads those
         (fastpath.half_weight): the draft logits of a few frontier nodes then read it too."""
         if lm_head_weight.shape[-1] != self.config.hidden_size:
@@ -108,6 +108,7 @@ class DraftHead(nn.Module):
         self._target["embed"] = embed
         self._target["lm_head"] = lm_head_weight
         self._target["lm_head_half"] = lm_head_half
+        self._target["lm_head_packed"] = lm_head_packed
         self.refresh_draft_lm_head()
         return self
 
@@ -117,7 +118,13 @@ class DraftHead(nn.Module):
             w = w[self.draft_vocab.to(w.device)]
             half = None if half is None else half[self.draft_vocab.to(half.device)]
         self._target["draft_lm_head"] = w  # [V_d, H]
-        self._target["draft_matmul"] = None if half is None else PackedMatmul(w, None, pack=False, half=half)
+        packed = self._target.get("lm_head_packed")
+        if half is not None:
+            self._target["draft_matmul"] = PackedMatmul(w, None, pack=False, half=half)
+        elif packed is not None:  # the target's prepacked bf16 lm_head: shared, or the draft rows' own packed copy
+            self._target["draft_matmul"] = packed if self.draft_vocab is None else PackedMatmul(w, None)
+        else:
+            self._target["draft_matmul"] = None
 
     def set_draft_vocab(self, target_ids: torch.Tensor | None) -> None:
         self.draft_vocab = None if target_ids is None else target_ids.long().sort().values.to(self.fc.weight.device)

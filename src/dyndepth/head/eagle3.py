@@ -109,8 +109,8 @@ class Eagle3Head(nn.Module):
         self._target = {}
 
     # -- binding to the target ------------------------------------------------------------------------
-    def bind(self, embed: nn.Module, lm_head_weight: torch.Tensor,
-             lm_head_half: torch.Tensor | None = None) -> "Eagle3Head":
+    def bind(self, embed: nn.Module, lm_head_weight: torch.Tensor, lm_head_half: torch.Tensor | None = None,
+             lm_head_packed=None) -> "Eagle3Head":
         if lm_head_weight.shape[-1] != self.target_hidden_size:
             raise DyndepthError(f"EAGLE-3 head target_hidden_size {self.target_hidden_size} does not match the "
                                 f"target's hidden size {lm_head_weight.shape[-1]}")
