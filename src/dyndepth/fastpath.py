@@ -25,9 +25,10 @@ in docs/FASTPATH.md (scripts/fastpath_ab.py is the paired A/B); the first two ar
   torch's bf16 ``linear`` on a CPU hands the weight to oneDNN in its plain layout and oneDNN re-lays it out at
   every call, so a one- to eight-row matmul costs 2-4x the same matmul on a weight reordered once (Qwen2.5-1.5B's
   gate/up at one row: 1.3-2.3 ms against 0.45 ms on the AVX512-BF16 EPYC, the same bits out). Every bf16 linear
-  of the decoder and the lm_head then runs on a prepacked copy (``torch.ops.mkldnn``), for every row count;
-  plain decoding 1.48x, batch-1 ``ddd`` 1.50x, batched plain decoding of 8 rows 1.34x, tokens identical
-  (docs/FASTPATH.md). Costs a second copy of those weights.
+  of the decoder and the lm_head (and a bf16 head's) then runs on a prepacked copy (``torch.ops.mkldnn``, as vLLM's
+  CPU backend does), for every row count: Qwen2.5-1.5B's plain decoding 1.63x, a 12-node tree forward 1.92x, outputs
+  identical (docs/FASTPATH.md section 6). Costs a second copy of those weights; under torch.compile the plain
+  weight is used (inductor packs its own).
 - **prepacked oneDNN matmul for multi-row forwards** (``pack``, float32 only): trees and prefill go through
   ``torch.ops.mkldnn._linear_pointwise`` on a weight reordered once; one-row forwards (plain decoding) keep
   MKL's GEMV (the half read takes forwards of up to HALF_READ_ROWS rows first). Costs a second copy of every
