@@ -23,8 +23,8 @@ in docs/FASTPATH.md (scripts/fastpath_ab.py is the paired A/B); the first two ar
   inductor cannot compile either, it warns once and reads the float32 weights.
 - **prepacked bfloat16 linears where the CPU multiplies bf16 natively** (``pack_half``, on by default there):
   torch's bf16 ``linear`` on a CPU hands the weight to oneDNN in its plain layout and oneDNN re-lays it out at
-  every call, so a one- to eight-row matmul costs 2-4x the same matmul on a weight reordered once (Qwen2.5-1.5B's
-  gate/up at one row: 1.3-2.3 ms against 0.45 ms on the AVX512-BF16 EPYC, the same bits out). Every bf16 linear
+  every call, so a one- to eight-row matmul costs 1.5-2.7x the same matmul on a weight reordered once (Qwen2.5-1.5B's
+  gate/up at one row: 1.67 ms against 0.75 ms on the AVX512-BF16 EPYC, the same bits out). Every bf16 linear
   of the decoder and the lm_head (and a bf16 head's) then runs on a prepacked copy (``torch.ops.mkldnn``, as vLLM's
   CPU backend does), for every row count: Qwen2.5-1.5B's plain decoding 1.63x, a 12-node tree forward 1.92x, outputs
   identical (docs/FASTPATH.md section 6). Costs a second copy of those weights; under torch.compile the plain
