@@ -20,8 +20,9 @@ def add_decoder_options(p: argparse.ArgumentParser, default_policy: str = "ddd")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: %(default)s)")
     g.add_argument("--no-fast-path", dest="fast_path", action="store_false",
                    help="keep the eager forward as loaded (default: on a CPU without a native bf16 matmul, a bf16 "
-                        "model computes in float32, 2-4x faster there, and its matmuls of up to 4 rows read the "
-                        "bf16 weights, 1.56x on Qwen2.5-1.5B plain decoding; docs/FASTPATH.md)")
+                        "model computes in float32, its matmuls of up to 48 rows reading the bf16 weights; on one "
+                        "with it (AVX512-BF16, AMX), its linears run on oneDNN-prepacked bf16 weights, 1.63x on "
+                        "Qwen2.5-1.5B plain decoding; docs/FASTPATH.md)")
     g.add_argument("--pack-linears", dest="fast_path", action="store_const", const="pack",
                    help="the fast path plus oneDNN-prepacked float32 weights for multi-row forwards (trees, batches; "
                         "1.5-1.7x on batches of 8 on an AVX2 CPU, docs/BENCHMARKS.md); costs a second copy of the "
