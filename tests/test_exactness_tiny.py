@@ -108,3 +108,42 @@ def test_default_tree_size_follows_the_machine_and_the_drafter(monkeypatch):
     assert hybrid.head_tokens == DEFAULT_TOTAL_TOKENS["cpu"]
     assert SpeculativeDecoder(head_only.target, head_only.head, policy="ddd", drafter="head",
                               total_tokens=9).total_tokens == 9
+
+
+@pytest.mark.parametrize("policy,kwargs,narrowed", [
+    ("fixed", dict(total_tokens=4, max_depth=6), 3),
+    ("ddd", dict(total_tokens=4), 3),  # checks at 5, 7, 9: never reached by a 3-level tree, so the beam is not read
+    ("ddd", dict(total_tokens=8, checks=(2, 4), max_depth=6), 8),  # its check reads the beam: kept at top_k
+])
+def test_beam_narrowed_to_the_tree_drafts_the_same_trees(monkeypatch, policy, kwargs, narrowed):
+    """Where no tree can hold top_k drafted nodes and the policy does not read the beam, each level keeps only as
+    many nodes as a tree can (drafters/stage.py beam_width): every step's tree is the one the full beam gives, on
+    a batch of rows, and the output is the target's greedy output."""
+    import dyndepth.drafters.stage as stage
+
+    prompts = [list(range(5, 17)), list(range(40, 47)), [9, 300, 12, 77, 5, 6, 201, 18, 4]]
+    widths = []
+    real = stage.grow_pools
+
+    def spy(head, inputs, pol, top_k, **kw):
+        widths.append(top_k)
+        return real(head, inputs, pol, top_k, **kw)
+
+    monkeypatch.setattr(stage, "grow_pools", spy)
+    trees = {}
+    for mode in ("narrow", "full"):
+        if mode == "full":
+            monkeypatch.setattr(stage, "beam_width", lambda top_k, levels, pol: top_k)
+        dec = tiny_decoder("llama", policy=policy, drafter="head", top_k=8, **kwargs)
+        widths.clear()
+        outs = dec.generate(prompts, max_new_tokens=24, batch_size=3)
+        assert set(widths) == {narrowed if mode == "narrow" else 8}
+        for prompt, out in zip(prompts, outs):
+            assert out.token_ids == hf_greedy(dec.target, prompt, 24)
+        trees[mode] = [[(s.node_parents, s.node_depths, s.node_accepted) for s in o.stats.step_stats] for o in outs]
+        values = [[s.node_values for s in o.stats.step_stats] for o in outs]
+        trees[mode + " values"] = values
+    assert trees["narrow"] == trees["full"]
+    for a, b in zip(trees["narrow values"], trees["full values"]):
+        for va, vb in zip(a, b):
+            assert torch.allclose(torch.tensor(va), torch.tensor(vb), atol=1e-4)

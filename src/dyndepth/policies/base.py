@@ -24,6 +24,12 @@ class DepthPolicy:
     def should_stop(self, depth: int, beam_log_values: torch.Tensor, pool=None) -> bool:  # beam_log_values [K]
         raise NotImplementedError
 
+    def reads_beam(self, levels: int) -> bool:
+        """Whether the rule looks at the beam's values (so the beam's width can change its decisions) when rows grow
+        at most ``levels`` levels. Where it does not, the draft stage narrows the beam to the most nodes a tree may
+        hold (drafters/stage.py): the same trees for less drafting."""
+        return True
+
     def suffix_depth(self, depths: list[int], log_p: list[float], top_k: int) -> int:
         """How many levels of a suffix proposal to keep: depths [n] and calibrated log P(accepted) [n] of its nodes
         (drafters/hybrid.py), top_k the beam width. The default keeps them all (the proposal's own rules, a

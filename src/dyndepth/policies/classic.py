@@ -22,6 +22,9 @@ class PlainPolicy(DepthPolicy):
     def should_stop(self, depth, beam_log_values, pool=None):
         return True
 
+    def reads_beam(self, levels):
+        return False
+
 
 @dataclass
 class FixedDepth(DepthPolicy):
@@ -35,6 +38,9 @@ class FixedDepth(DepthPolicy):
             raise DyndepthError(f"fixed depth must be >= 1, got {self.max_depth}")
 
     def should_stop(self, depth, beam_log_values, pool=None):
+        return False
+
+    def reads_beam(self, levels):
         return False
 
 
@@ -64,6 +70,10 @@ class DynamicDepth(DepthPolicy):
             return False
         self.last_mass = float(torch.logsumexp(beam_log_values.float(), dim=-1))
         return self.last_mass < self.threshold
+
+    def reads_beam(self, levels):
+        """The check after depth d runs only when a row may grow past d (the grower asks while depth < levels)."""
+        return any(c < levels for c in self.checks)
 
     def suffix_depth(self, depths, log_p, top_k):
         """DDD's rule on a suffix proposal's levels: after check depth d, stop when the log of the summed calibrated
