@@ -167,11 +167,10 @@ class CostAwarePolicy(DepthPolicy):
         nodes), i = 0 .. count-1, less what the other tokens cost alone: t(base + i) - t(base) + t(1). At base 1
         (one row) this is t(i + 1), the single-sequence curve."""
         b = max(1.0, float(base))
-        n = torch.arange(count, dtype=torch.float32)
         if b <= 1.0:
             return self.costs.verify_curve(max(count, 1))[:count]
-        t = self.costs.verify_time(b + n, rows=self._rows)
-        return t - t[0] + self.costs.verify_time(torch.ones(1))[0]
+        t = self.costs.verify_span(b, count, rows=self._rows)
+        return t - t[0] + self.costs.verify_curve(1)[0]
 
     def _draft_share(self, levels: int) -> float:
         """One row's share of ``levels`` draft levels: the level cost is shared by the rows that draft together."""
@@ -362,7 +361,7 @@ class CostAwarePolicy(DepthPolicy):
         cum = torch.cumsum(torch.tensor([0.0] + picked), 0)  # [m + 1]
         expected = len(pools) + cum
         seconds = self.costs.draft_time(max(p.depth for p in pools)) + \
-            self.costs.verify_time(base + torch.arange(len(picked) + 1, dtype=torch.float32), rows=len(pools))
+            self.costs.verify_span(base, len(picked) + 1, rows=len(pools))
         lam = self.run_rate if self.objective == "run" else None
         score = expected / seconds if lam is None else expected - lam * seconds
         k = int(torch.argmax(score))

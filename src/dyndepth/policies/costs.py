@@ -121,6 +121,7 @@ class CostModel:
         self.verify_s = verify_s
         self._t = torch.tensor(verify_s, dtype=torch.float32)
         self._curve: torch.Tensor | None = None  # c(N) - c(1) for N = 1 .. n_max, interpolated once
+        self._spans: dict = {}  # (start, count, rows) -> c(start + i) - c(1), i < count (verify_span)
         c1 = float(verify_s[0])
         spread = float(verify_s[-1]) - c1
         # verify: t = a + b * (c(N) - c(1)), prior a = c(1), b = 1; draft: t = a + b * levels, prior the probe's
@@ -154,9 +155,22 @@ class CostModel:
 
     def verify_curve(self, n_max: int) -> torch.Tensor:
         """[n_max] seconds to verify N = 1 .. n_max tokens (the policy's hot path: interpolated once)."""
-        if self._curve is None or self._curve.numel() != n_max:
+        if self._curve is None or self._curve.numel() < n_max:
             self._curve = self._probed(torch.arange(1, n_max + 1)) - float(self.verify_s[0])
-        return self.verify_fit.a + self.verify_fit.b * self._curve
+        return self.verify_fit.a + self.verify_fit.b * self._curve[:n_max]
+
+    def verify_span(self, start: float, count: int, rows: float = 1) -> torch.Tensor:
+        """[count] seconds to verify start, start + 1, ..., start + count - 1 tokens in ``rows`` rows: verify_time
+        over that range, its interpolation kept until the curve changes (a batch step asks for the same range for
+        every row at every level: interpolating it each time was half of ``auto``'s draft time at 8 rows)."""
+        key = (float(start), int(count), float(rows))
+        c = self._spans.get(key)
+        if c is None:
+            if len(self._spans) >= 512:  # starts move with the load: keep the recent ones
+                self._spans.clear()
+            n = float(start) + torch.arange(int(count), dtype=torch.float32)
+            c = self._spans[key] = self._probed(n, rows) - float(self.verify_s[0])
+        return self.verify_fit.a + self.verify_fit.b * c
 
     def draft_time(self, levels: int) -> float:
         return self.draft_fit.a + self.draft_fit.b * levels
