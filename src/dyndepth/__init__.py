@@ -14,7 +14,9 @@ depth         number of draft tokens on the path root -> node (the root has dept
               is the number of levels the head grew, i.e. its number of draft forward passes.
 path value    product of the draft probabilities along root -> node, kept as a log (``s(node) = s(parent) +
               log p_draft(token)``); it never increases along a path.
-beam          the ``top_k`` nodes of one depth with the highest path values; only beam nodes are expanded.
+beam          the ``top_k`` nodes of one depth with the highest path values; only beam nodes are expanded (fewer,
+              ``total_tokens - 1``, where a tree holds fewer nodes and the policy does not read the beam: the same
+              tree).
 pool          every node drafted in a step (all ``top_k`` children of every beam node), before the rerank.
 tree          the ``total_tokens - 1`` pool nodes with the highest path values (plus the root) that the target
               verifies in one forward pass.

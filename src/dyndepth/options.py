@@ -37,7 +37,8 @@ def add_decoder_options(p: argparse.ArgumentParser, default_policy: str = "ddd")
                         "(either/or per step, a baseline) (default: hybrid with a head, suffix for a model that "
                         "ships none)")
     g.add_argument("--draft-top-k", type=int, default=None, dest="tree_top_k",
-                   help="beam width: children kept per node and nodes kept per depth, 1..64 (default: 10)")
+                   help="beam width: children kept per node and nodes kept per depth, 1..64 (default: 10; "
+                        "fixed and ddd keep fewer where a tree holds fewer nodes: the same trees)")
     g.add_argument("--total-tokens", type=int, default=None,
                    help="tokens verified per step, root included, 2..1024 (default: 60 on CUDA; on a CPU 24, or 4 for "
                         "--drafter head unless bf16 runs in AMX tiles; auto: the most it may choose, 48 / 128)")
