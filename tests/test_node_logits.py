@@ -61,3 +61,33 @@ def test_greedy_path_is_the_same_with_batched_rows():
     row_by_row = Counting(table)
     assert verify_greedy(tree, NodeLogits(feats, row_by_row)) == ([0, 1, 4, 6], 3)
     assert row_by_row.calls == 4
+
+
+def test_prefetch_fills_small_trees_whole_in_one_call_and_big_ones_along_the_branch(monkeypatch):
+    """prefetch reads the lm_head once for all rows: every node of trees that fit PREFETCH_FLAT rows in all (a
+    verification that leaves the best branch needs no second read), only the best branches beyond."""
+    import dyndepth.verify as verify
+
+    tree = make_tree()  # 7 nodes, best branch 0 -> 1 -> 4 -> 6
+    table = torch.full((7, V), -5.0)
+    for node, best in ((0, 2), (2, 0), (5, 3)):  # the target takes node 2 (off the best branch), then node 5
+        table[node, best] = 5.0
+    table[[1, 3, 4, 6], 4] = 5.0
+    for flat, rows, calls_after in ((12, 1, 1), (14, 2, 1), (4, 1, 2)):
+        monkeypatch.setattr(verify, "PREFETCH_FLAT", flat)
+        head = Counting(table)
+        logits = [NodeLogits(torch.eye(7), head, tree) for _ in range(rows)]
+        verify.prefetch(logits)
+        assert head.calls == 1
+        assert len(logits[0].cache) == (7 if rows * 7 <= flat else 4)  # the whole tree, or the best branch
+        assert verify_greedy(tree, logits[0]) == ([0, 2, 5], 3)
+        assert head.calls == calls_after  # leaving the branch costs a read only where it was not prefetched
+    monkeypatch.setattr(verify, "PREFETCH_FLAT", 10)  # room for 3 of the 3 off-branch nodes: most likely first
+    head = Counting(table)
+    logits = NodeLogits(torch.eye(7), head, tree)
+    verify.prefetch([logits])
+    assert sorted(logits.cache) == [0, 1, 2, 3, 4, 5, 6] and head.calls == 1
+    monkeypatch.setattr(verify, "PREFETCH_FLAT", 6)  # room for 2: nodes 2 (-1.0) and 5 (-1.5), not 3 (-2.0)
+    logits = NodeLogits(torch.eye(7), Counting(table), tree)
+    verify.prefetch([logits])
+    assert sorted(logits.cache) == [0, 1, 2, 4, 5, 6]
