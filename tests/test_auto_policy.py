@@ -531,6 +531,36 @@ def test_a_step_with_a_prompt_chunk_drafts_when_its_extra_tokens_are_worth_their
     m = policy._modes[4, True]
     assert (m["draft"] > m["plain"]) is True  # drafting's rate is higher in both cases: the rates alone would draft
 
+def test_a_chunk_step_is_priced_by_what_its_mode_adds_not_by_the_chunk_it_carried():
+    """Chunks differ in size (the chunk length, then a prompt's remainder), and the few chunk steps a mode measures
+    may carry the big ones. Here every drafting chunk step carries 128 prompt tokens and every plain one 16: the raw
+    seconds make drafting look 0.27 s dearer, though what it adds (16 nodes and the draft, 0.042 s for 8 more
+    tokens) is cheap. Priced beyond the cost model's seconds for the step's tokens besides drafted nodes, chunk steps
+    draft."""
+    from dyndepth.stats import StepStats
+
+    costs = cost_curve(0.1, 0.002, 0.005)
+    policy = auto(costs)
+    chunk_choices = []
+    for i in range(400):
+        chunk = i % 4 == 3
+        drafted = policy.drafts(8, 8 + 64 if chunk else 8)
+        prompt = (128 if drafted else 16) if chunk else 0
+        tokens = 8 + prompt + (16 if drafted else 0)
+        if chunk:
+            chunk_choices.append(drafted)
+        verify = float(costs.verify_time(torch.tensor([float(tokens)]), rows=9 if chunk else 8)[0])
+        policy.observe_batch([StepStats(committed=2 if drafted else 1, accepted=1 if drafted else 0,
+                                        depth=2 if drafted else 0, tree_size=3 if drafted else 1,
+                                        draft_time_s=0.01 if drafted else 0.0, verify_time_s=verify,
+                                        batch_rows=9 if chunk else 8, batch_tokens=tokens) for _ in range(8)])
+    late = chunk_choices[30:]
+    assert sum(late) > 0.8 * len(late)
+    m, r = policy._modes[4, True], policy._regular[0] / policy._regular[1]
+    (td, sd, _), (tp, sp, _) = m["draft_sums"], m["plain_sums"]
+    assert td - r * sd < tp - r * sp  # the raw seconds would have chosen plain
+
+
 def test_a_sequence_has_a_backlog_after_its_prompt_and_after_steps_it_did_not_draft():
     from dyndepth.engine.sequence import Sequence
 
@@ -559,3 +589,81 @@ def test_a_chunk_step_starts_plain_where_its_rows_lost_drafting_without_a_chunk(
     fresh = auto(cost_curve(**FLAT))
     grow(fresh, CONFIDENT)
     assert fresh.drafts(8, 8 + 100) is True  # nothing measured: the cost model's guess
+
+
+def random_pool(gen: torch.Generator, depth: int, side: int | None) -> tuple[DraftPool, torch.Tensor]:
+    """A pool grown `depth` levels as the drafter grows it, each parent's K children drawn at random (their spread
+    too, so some rows are sure and some are not); side: that many suffix candidates beside it (a hybrid row)."""
+    def children(n: int) -> torch.Tensor:  # [n, K] log-probs, best first
+        sharp = torch.rand(n, 1, generator=gen) * 6
+        return torch.log_softmax(sharp * torch.randn(n, K, generator=gen), -1).sort(-1, descending=True).values
+
+    pool = DraftPool()
+    beam_values = children(1)[0]
+    beam_pool = pool.add_level(torch.arange(K), beam_values, torch.full((K,), -1))
+    for _ in range(depth - 1):
+        child_values = beam_values[:, None] + children(K)  # [K, K]
+        child_pool = pool.add_level(torch.arange(K * K), child_values, beam_pool[:, None].expand(-1, K))
+        beam_values, flat = torch.topk(child_values.flatten(), K)
+        beam_pool = child_pool[flat]
+    if side is not None:
+        pool.side_logp = -torch.rand(side, generator=gen).cumsum(0)
+    return pool, beam_values
+
+
+# a probed curve need not rise everywhere: past 8 tokens this one falls, so a padded row that scored its pad nodes
+# would see them pay
+DIPPING = CostModel(SIZES, [0.1, 0.11, 0.13, 0.24, 0.12, 0.3, 0.5], draft_base_s=0.004, draft_level_s=0.004)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_the_batched_depth_decision_is_each_rows_own(depth):
+    """A batch step asks `auto` for all rows at once (should_stop_rows, one set of ops over the stacked pools, the
+    hybrid rows' suffix candidates padded to one width); each row must get the decision it gets asked alone, and the
+    running means of the children must end the same."""
+    import copy
+
+    gen = torch.Generator().manual_seed(depth)
+    decided = set()
+    for trial in range(12):
+        policy = auto(cost_curve(0.1, 0.004 * (trial % 4), 0.004) if trial % 4 else DIPPING, max_depth=6)
+        policy._base, policy._rows = 1.0 + trial % 3, 1.0 + trial % 3
+        for d in range(1, 7):  # running means for every depth, as after a few steps
+            policy._child[d] = torch.log_softmax(torch.randn(1 if d == 1 else K, K, generator=gen), -1) \
+                .sort(-1, descending=True).values
+        rows = [random_pool(gen, depth, (None, 3, 9, None)[r % 4] if trial % 4 != 1 else None) for r in range(6)]
+        alone = copy.deepcopy(policy)
+        one_by_one = [alone.should_stop(depth, beam, pool) for pool, beam in copy.deepcopy(rows)]
+        batched = policy.should_stop_rows(depth, torch.stack([b for _, b in rows]), [p for p, _ in rows])
+        assert batched == one_by_one
+        for d in policy._child:
+            assert torch.allclose(policy._child[d], alone._child[d])
+        decided.update(batched)
+    assert decided == {True, False}  # both decisions were exercised
+
+
+def test_a_batch_steps_trees_teach_the_calibration_as_one_update_each_would():
+    """observe_batch learns a step's rows' trees in one pass (update_trees); the counts must equal one update per
+    tree in order, whatever the trees' sizes, learn masks and outcomes (a root-only tree and a tree with nothing to
+    learn leave the counts alone, decay included)."""
+    gen = torch.Generator().manual_seed(0)
+    trees = []
+    for n in (5, 1, 8, 3, 6, 4):
+        parents = [-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, n)]
+        depths = [0]
+        for q in parents[1:]:
+            depths.append(depths[q] + 1)
+        values = [0.0] + [float(-torch.rand((), generator=gen) * 3 * d) for d in depths[1:]]
+        accepted = [True] + [bool(torch.rand((), generator=gen) < 0.6) for _ in range(n - 1)]
+        learn = None if n % 2 else [True] + [bool(i % 3) for i in range(1, n)]
+        trees.append((values, parents, depths, accepted, learn))
+    trees.append(([0.0, -0.1], [-1, 0], [0, 1], [True, True], [True, False]))  # nothing this map learns
+    one_by_one, together = AcceptanceCalibration(update_rate=0.2), AcceptanceCalibration(update_rate=0.2)
+    for c in (one_by_one, together):  # counts from an earlier step, which the step's trees decay
+        c.update(*trees[0])
+    for t in trees:
+        one_by_one.update(*t)
+    together.update_trees(trees)
+    assert one_by_one.seen.sum() > 0
+    assert torch.allclose(together.hits, one_by_one.hits) and torch.allclose(together.seen, one_by_one.seen)
+    assert torch.allclose(together.rel_n, one_by_one.rel_n) and torch.allclose(together.rel_obs, one_by_one.rel_obs)

@@ -11,10 +11,10 @@ keeps its own draft KV cache, pool and depth decision.
    beam sits at draft position ``L_r + d - 1``; each node sees its row's committed cache, its own ancestors' scratch
    entries and itself). Each beam node's ``top_k`` children enter the row's pool with path value parent value +
    child log-prob; the ``top_k`` best children over the row's whole level form its next beam.
-3. The depth policy is asked for every row after every depth whether that row stops; growth never exceeds its
-   ``max_depth``, nor the row's ``levels``: a tree of N tokens is connected, so it holds no node deeper than N - 1,
-   and a deeper level would be drafted for nothing. Afterwards the scratch KV is dropped: a head cache only ever
-   holds committed pairs.
+3. The depth policy is asked after every depth whether each row stops (all rows in one call,
+   ``should_stop_rows``); growth never exceeds its ``max_depth``, nor the row's ``levels``: a tree of N tokens is
+   connected, so it holds no node deeper than N - 1, and a deeper level would be drafted for nothing. Afterwards
+   the scratch KV is dropped: a head cache only ever holds committed pairs.
 
 The draft never samples: nodes are deterministic top-k picks of the untempered draft distribution.
 """
@@ -82,7 +82,9 @@ def grow_pools(head: DraftHead, rows: list[DraftInput], policy: DepthPolicy, top
     growing = list(range(len(rows)))
     depth = 1
     while depth < policy.max_depth:
-        growing = [b for b in growing if depth < levels[b] and not policy.should_stop(depth, beam_values[b], pools[b])]
+        asked = [b for b in growing if depth < levels[b]]
+        stops = policy.should_stop_rows(depth, beam_values[asked], [pools[b] for b in asked]) if asked else []
+        growing = [b for b, stop in zip(asked, stops) if not stop]
         if not growing:
             break
         # 2. Expand the beams of `depth` into depth + 1, all growing rows in one head forward.

@@ -51,7 +51,10 @@ what the time spent in that class yields). A step with a chunk is priced differe
 in either mode and such steps come once per new request, not per token, so what a mode adds is its tokens, each
 worth the seconds the regular steps take to make one: the mode with the higher tokens - r * seconds wins, r the
 running rate of the steps without a chunk (comparing rates instead would favour drafting, whose extra tokens dilute
-the chunk's fixed cost, on steps where it costs more than it adds).
+the chunk's fixed cost, on steps where it costs more than it adds). The seconds are those beyond the cost model's
+price of the step's tokens besides drafted nodes (the chunk and the roots): chunks differ in size (up to the chunk
+length, then a prompt's remainder), and the raw seconds of the few chunk steps each mode has measured said more
+about the chunks they happened to carry than about the mode.
 
 A class starts in the mode it is first priced to win (``_guess``): another class's measurements where they decide
 it (speculation pays less as rows are added, so a smaller class where plain steps won says plain, a larger one
@@ -71,8 +74,9 @@ does count: those costs recur as long as the class drafts (under a server's chur
 leaving them out measured drafting on its cheapest steps only). So a batch with speculation is not slower than the
 same batch without it for long, and a batch where it cannot pay rarely drafts at all.
 
-Everything per decision is a few vectorised ops over the pool's values (no per-node Python); like DDD's check it
-reads one scalar back per level on CUDA.
+Everything per decision is a few vectorised ops over the pools' values (no per-node Python), for all rows of a batch
+at once (``should_stop_rows`` stacks their pools; ``observe_batch`` learns their trees as one forest); like DDD's
+check it reads one scalar back per level on CUDA.
 """
 
 from __future__ import annotations
@@ -152,15 +156,25 @@ class CostAwarePolicy(DepthPolicy):
              n_cap: int | None = None) -> tuple[float, int, float, float]:
         """values [P] log path values, p_accept [P] -> (best score, its N (root included), its E[tokens] - 1,
         its expected rate E / T); N at most n_max (and n_cap when given)."""
-        order = torch.argsort(values.float(), descending=True, stable=True)[: min(self.n_max, n_cap or self.n_max) - 1]
-        gain = torch.cumsum(p_accept[order].float().cpu(), 0)  # [n] E[accepted] with the n best nodes
-        expected = torch.cat([torch.zeros(1), gain]) + 1.0  # [n + 1]: index n = n drafted nodes verified
-        seconds = self._draft_share(levels) + self._verify_from(self._base, expected.numel())  # root + n
-        rate = expected / seconds  # [n + 1]
+        score, expected, seconds = self._scores(values[None], p_accept[None], levels, n_cap)  # [1, n + 1] each
+        i = int(torch.argmax(score[0]))
+        return float(score[0, i]), i + 1, float(expected[0, i] - 1.0), float(expected[0, i] / seconds[i])
+
+    def _scores(self, values: torch.Tensor, p_accept: torch.Tensor, levels: int, n_cap: int | None = None,
+                sizes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """values [A, P] rank keys, p_accept [A, P] of A rows' pools -> (score [A, n + 1], E[tokens] [A, n + 1],
+        T [n + 1]) of verifying each row's n best nodes, n = 0 .. min(P, n_max - 1). sizes [A]: the nodes of rows
+        padded to P (``_stack``): a score past a row's own nodes is -inf."""
+        order = torch.argsort(values.float(), dim=-1, descending=True, stable=True)
+        order = order[:, : min(self.n_max, n_cap or self.n_max) - 1].cpu()  # [A, n]
+        gain = torch.cumsum(p_accept.float().cpu().gather(1, order), 1)  # [A, n] E[accepted] with the n best nodes
+        expected = torch.nn.functional.pad(gain, (1, 0)) + 1.0  # [A, n + 1]: index n = n drafted nodes verified
+        seconds = self._draft_share(levels) + self._verify_from(self._base, expected.shape[1])  # [n + 1] root + n
         lam = self.run_rate if self.objective == "run" else None
-        score = rate if lam is None else expected - lam * seconds  # [n + 1]
-        i = int(torch.argmax(score))
-        return float(score[i]), i + 1, float(expected[i] - 1.0), float(rate[i])
+        score = expected / seconds if lam is None else expected - lam * seconds  # [A, n + 1]
+        if sizes is not None:
+            score = score.masked_fill(torch.arange(score.shape[1]) > sizes[:, None], float("-inf"))
+        return score, expected, seconds
 
     def _verify_from(self, base: float, count: int) -> torch.Tensor:
         """[count] seconds of a step that verifies base - 1 other tokens plus i + 1 of this row's (its root and i
@@ -233,37 +247,42 @@ class CostAwarePolicy(DepthPolicy):
 
     # -- the policy interface ----------------------------------------------------------------------------------
     def should_stop(self, depth, beam_log_values, pool=None):
-        if pool is None or self.costs is None:
+        return self.should_stop_rows(depth, beam_log_values[None], [pool])[0]
+
+    def should_stop_rows(self, depth, beam_log_values, pools):
+        """The rule above for A rows at once (beam_log_values [A, K], pools: the rows' pools, grown to the same
+        depth): one set of ops over the rows' stacked pools, not one per row (a batch step asks every row at every
+        level; row by row it took 2.7 ms of a 4-row SmolLM2 step of ~70 ms)."""
+        if any(p is None for p in pools) or self.costs is None:
             raise DyndepthError("the auto policy needs the draft pool and a cost model (SpeculativeDecoder sets both)")
-        k = beam_log_values.numel()
-        seen = self._predicted_children(pool, depth, k)  # records level depth's children, predicts depth + 1's
-        if depth < self.min_depth:
-            return False
-        values, p = self._pool_p(pool)
-        keys, probs = self._with_side(pool, values, p)
-        now = self.best(keys, probs, depth)[0]
-        _, last_v, _ = pool.level(depth - 1)
-        beam = torch.topk(last_v, k).indices  # the beam = the best k nodes of the deepest level (as draft.py)
-        offset = pool.head_size - last_v.numel()
-        beam_v, beam_p = last_v[beam], p[(beam + offset).cpu()]  # [K], [K]
-        all_v, all_p = keys.float().cpu(), probs
-        beam_v, beam_p = beam_v.float().cpu(), beam_p
-        side = pool.side_logp is not None
+        k = beam_log_values.shape[-1]
+        seen = torch.stack([self._predicted_children(pool, depth, k) for pool in pools])  # [A, K, K]: records
+        if depth < self.min_depth:  # level depth's children, predicts depth + 1's
+            return [False] * len(pools)
+        heads = [self._pool_p(pool) for pool in pools]  # per row ([P], [P]) over its head nodes
+        keys, probs, sizes = _stack([self._with_side(pool, v, p) for pool, (v, p) in zip(pools, heads)])  # [A, S]
+        now = self._scores(keys, probs, depth, sizes=sizes)[0].amax(1)  # [A]
+        last_v = torch.stack([pool.level(depth - 1)[1] for pool in pools]).float().cpu()  # [A, m]
+        beam_v, beam = torch.topk(last_v, k, dim=1)  # [A, K]: the best k nodes of the deepest level (as draft.py)
+        offset = pools[0].head_size - last_v.shape[1]  # rows grown together have the same levels
+        beam_p = torch.stack([p for _, p in heads])[:, offset:].gather(1, beam)  # [A, K]
+        side = torch.tensor([pool.side_logp is not None for pool in pools])[:, None]  # [A, 1]
+        table = pools[0]._auto["table"]  # the calibration's map this step (it changes only in observe)
+        go_on = torch.zeros(len(pools), dtype=torch.bool)
         for ahead in range(1, min(self.lookahead, self.max_depth - depth) + 1):  # predicted levels, never grown
             d = depth + ahead
-            child = seen if ahead == 1 else self._child_mean(d, k)  # [K, K]
-            nxt_v = (beam_v[:, None] + child).flatten()  # [K*K]
+            child = seen if ahead == 1 else self._child_mean(d, k).expand(len(pools), -1, -1)  # [A, K, K]
+            nxt_v = (beam_v[:, :, None] + child).flatten(1)  # [A, K*K]
             g = self.calibration.conditional(child.flatten(), torch.full((child.numel(),), d, dtype=torch.long),
-                                             pool._auto["table"])
-            nxt_p = (beam_p[:, None] * g.reshape(k, k)).flatten()
-            nxt_key = nxt_p.clamp_min(1e-12).log() if side else nxt_v
-            all_v, all_p = torch.cat([all_v, nxt_key]), torch.cat([all_p, nxt_p])
-            later = self.best(all_v, all_p, d)[0]
-            if later > now:
-                return False
-            beam_v, top = torch.topk(nxt_v, k)  # the predicted level's beam
-            beam_p = nxt_p[top]
-        return True
+                                             table)
+            nxt_p = (beam_p[:, :, None] * g.reshape(child.shape)).flatten(1)  # [A, K*K]
+            nxt_key = torch.where(side, nxt_p.clamp_min(1e-12).log(), nxt_v)
+            keys, probs = torch.cat([keys, nxt_key], 1), torch.cat([probs, nxt_p], 1)
+            sizes = None if sizes is None else sizes + nxt_p.shape[1]  # predicted nodes sort before any pad
+            go_on |= self._scores(keys, probs, d, sizes=sizes)[0].amax(1) > now
+            beam_v, top = torch.topk(nxt_v, k, dim=1)  # the predicted level's beam
+            beam_p = nxt_p.gather(1, top)
+        return (~go_on).tolist()
 
     def _learn_gain(self, gains: torch.Tensor) -> None:
         """gains [m]: one row's P(accepted) in rerank order this step -> the running mean per rank (``_guess``)."""
@@ -311,8 +330,15 @@ class CostAwarePolicy(DepthPolicy):
         r = self._regular[0] / self._regular[1] if cls[1] and self._regular and self._regular[1] > 0 else None
         if r is None:
             return m["draft"] >= m["plain"]
-        (td, sd), (tp, sp) = m["draft_sums"], m["plain_sums"]
-        return td - r * sd >= tp - r * sp
+        (td, _, ed), (tp, _, ep) = m["draft_sums"], m["plain_sums"]
+        return td - r * ed >= tp - r * ep
+
+    def _excess(self, first, steps) -> float:
+        """A step's seconds beyond what the cost model prices its tokens besides drafted nodes at (every row's root
+        and the prompt chunks: paid in either mode)."""
+        base = max(1, first.batch_tokens - sum(s.tree_size - 1 for s in steps))
+        return first.draft_time_s + first.verify_time_s - \
+            float(self.costs.verify_time(torch.tensor([float(base)]), rows=first.batch_rows)[0])
 
     def _guess(self, cls: int, rows: int, base: int) -> tuple[bool, float | None]:
         """The mode a new batch-size class starts in (see the module docstring), True = draft, and the priced
@@ -386,11 +412,11 @@ class CostAwarePolicy(DepthPolicy):
         rows) the cost model, at the step's total tokens; the committed tokens of all rows the run rate."""
         if not steps:
             return
-        for step in steps:
-            if step.node_values:  # a hybrid tree's suffix nodes teach the suffix calibration (drafters/stage.py)
-                learn = [True] + [bool(s & HEAD) for s in step.node_sources] if step.node_sources else None
-                self.calibration.update([0.0] + list(step.node_values), [-1] + list(step.node_parents),
-                                        [0] + list(step.node_depths), [True] + list(step.node_accepted), learn)
+        # a hybrid tree's suffix nodes teach the suffix calibration (drafters/stage.py), its head nodes this one
+        self.calibration.update_trees([([0.0] + list(s.node_values), [-1] + list(s.node_parents),
+                                        [0] + list(s.node_depths), [True] + list(s.node_accepted),
+                                        [True] + [bool(b & HEAD) for b in s.node_sources] if s.node_sources else None)
+                                       for s in steps if s.node_values])
         first = steps[0]
         depth = max(s.depth for s in steps)
         drafted = depth > 0 or any(s.tree_size > 1 for s in steps)  # a suffix tree drafts with no head level
@@ -423,10 +449,12 @@ class CostAwarePolicy(DepthPolicy):
                 w = 0.75 if self._mode[2] else 4 * self.cost_update_rate  # a try is news: the mean is old
                 # the rate is the ratio of the running means of tokens and seconds (a mean of per-step ratios
                 # overrates the mode whose steps vary most: drafting)
-                sums = m.setdefault(f"{key}_sums", [committed, seconds])
+                excess = self._excess(first, steps) if self._mode[0][1] and self.costs is not None else seconds
+                sums = m.setdefault(f"{key}_sums", [committed, seconds, excess])
                 if m[key] is not None:
                     sums[0] += w * (committed - sums[0])
                     sums[1] += w * (seconds - sums[1])
+                    sums[2] += w * (excess - sums[2])
                 m[key] = sums[0] / sums[1]
                 if self._mode[2]:  # a try of the mode not in use: wait longer if it lost again, else start over
                     lost = self._draft_wins(self._mode[0], m) != self._mode[1]
@@ -457,6 +485,21 @@ class CostAwarePolicy(DepthPolicy):
                                    {k: round(v, 3) if isinstance(v, float) else v
                                     for k, v in m.items() if not k.endswith("_sums")}
                                    for (c, chunk), m in sorted(self._modes.items())}}
+
+
+def _stack(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row (keys [P_a], P [P_a]) -> keys [A, S], P [A, S], sizes [A] (the P_a; None where all are equal),
+    S = max P_a: a shorter row (hybrid rows' suffix candidates differ in number) is padded with key -inf and P 0,
+    which sort last."""
+    counts = [k.numel() for k, _ in rows]
+    if min(counts) == max(counts):
+        return torch.stack([k for k, _ in rows]).float().cpu(), torch.stack([p for _, p in rows]).float().cpu(), None
+    sizes = torch.tensor(counts)
+    keys = torch.full((len(rows), int(sizes.max())), float("-inf"))
+    probs = torch.zeros(len(rows), int(sizes.max()))
+    for a, (k, p) in enumerate(rows):
+        keys[a, : k.numel()], probs[a, : p.numel()] = k.float().cpu(), p.float().cpu()
+    return keys, probs, sizes
 
 
 def _merge(gains: list[list[float]]) -> tuple[list[float], list[int]]:

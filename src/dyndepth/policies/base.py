@@ -1,12 +1,13 @@
 """The depth-policy interface: how deep the draft tree grows in a step, and how many of its nodes are verified.
 
-A policy is a small object, testable without a model. The tree grower (draft.py) produces level 1 from the root
-forward, then before each further expansion asks ``policy.should_stop(depth, beam_log_values, pool)`` with the
-path values (log space) of the current depth's beam and the pool grown so far, for every row of a batch on its own.
-It never expands past ``policy.max_depth`` levels. The step then verifies ``policy.tree_sizes(pools, n_max)`` tokens
-per row (root included): the best nodes of each row's pool by path value. ``observe(step)`` receives each step's measured statistics (tokens
-committed, depth, tree size, draft and verify time, the verified nodes' values and depths and which were
-accepted), so a policy can tune itself; ``prepare(decoder)`` runs once when a decoder is built.
+A policy is a small object, testable without a model. The tree grower (drafters/eagle.py) produces level 1 from the
+root forward, then before each further expansion asks ``policy.should_stop_rows(depth, beam_log_values, pools)``
+with the path values (log space) of each row's beam at the current depth and the pools grown so far: every row of a
+batch gets its own decision (the default asks ``should_stop(depth, beam_log_values, pool)`` row by row). It never
+expands past ``policy.max_depth`` levels. The step then verifies ``policy.tree_sizes(pools, n_max)`` tokens per row
+(root included): the best nodes of each row's pool by path value. ``observe(step)`` receives each step's measured
+statistics (tokens committed, depth, tree size, draft and verify time, the verified nodes' values and depths and
+which were accepted), so a policy can tune itself; ``prepare(decoder)`` runs once when a decoder is built.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ class DepthPolicy:
 
     def should_stop(self, depth: int, beam_log_values: torch.Tensor, pool=None) -> bool:  # beam_log_values [K]
         raise NotImplementedError
+
+    def should_stop_rows(self, depth: int, beam_log_values: torch.Tensor, pools: list) -> list[bool]:
+        """``should_stop`` for the A rows of a batch that grew ``depth`` levels: beam_log_values [A, K] -> [A]. The
+        default asks row by row; a policy whose rule vectorises over rows overrides it (one set of ops a level)."""
+        return [self.should_stop(depth, v, p) for v, p in zip(beam_log_values, pools)]
 
     def reads_beam(self, levels: int) -> bool:
         """Whether the rule looks at the beam's values (so the beam's width can change its decisions) when rows grow

@@ -72,7 +72,8 @@ class AcceptanceCalibration:
 
     def tree_probs(self, values: torch.Tensor, parents: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
         """P(accepted) of every node of a tree given root first: values [N] (root 0), parents [N] (root -1,
-        parents precede children), depths [N] -> [N] (root 1)."""
+        parents precede children), depths [N] -> [N] (root 1). Several trees one after another (a forest, each root's
+        parent -1) work the same."""
         table = self.table()
         p = torch.ones(values.numel())
         par = parents.clamp(min=0)
@@ -87,31 +88,47 @@ class AcceptanceCalibration:
         """One verified tree, root first: values [N] log path values (root 0), parents [N] (root -1), depths [N],
         accepted [N] bool (root True); learn [N] bool: the nodes this map is for (None: all), e.g. a hybrid tree's
         head nodes (a head node's parent is the root or a head node, so its conditional value is defined)."""
-        values = torch.as_tensor(values, dtype=torch.float32)
-        if values.numel() <= 1:
+        self.update_trees([(values, parents, depths, accepted, learn)])
+
+    def update_trees(self, trees) -> None:
+        """Several verified trees (a batch step's rows), each (values, parents, depths, accepted, learn) as
+        ``update`` takes it, learnt in one pass over the forest they make: the counts decay once per tree and a tree's
+        counts by the decays of the trees after it, as one ``update`` per tree in order would leave them."""
+        trees = [[None if x is None else x.tolist() if isinstance(x, torch.Tensor) else list(x) for x in t]
+                 for t in trees]
+        kept = [t for t in trees if len(t[0]) > 1 and (t[4] is None or any(t[4][1:]))]
+        if not kept:
             return
-        parents = torch.as_tensor(parents, dtype=torch.long)
-        depths = torch.as_tensor(depths, dtype=torch.long)
-        hit = torch.as_tensor(accepted, dtype=torch.bool)
-        mine = torch.ones(values.numel() - 1, dtype=torch.bool) if learn is None else \
-            torch.as_tensor(learn, dtype=torch.bool)[1:]
-        if not bool(mine.any()):
-            return
-        predicted = self.tree_probs(values, parents, depths)[1:][mine]  # before learning from this tree
-        node = torch.arange(1, values.numel())[mine]
+        values, parents, depths, hit, mine, age = [], [], [], [], [], []
+        for r, (v, par, dep, acc, learn) in enumerate(kept):
+            off = len(values)  # parents become forest indices; a root keeps -1
+            values += v
+            parents += [int(q) + off if q >= 0 else -1 for q in par]
+            depths += dep
+            hit += acc
+            mine += [False] + (learn[1:] if learn is not None else [True] * (len(v) - 1))
+            age += [len(kept) - 1 - r] * len(v)  # trees learnt after this one
+        values = torch.tensor(values, dtype=torch.float32)  # [F] forest of every tree, roots included
+        parents = torch.tensor(parents, dtype=torch.long)
+        depths = torch.tensor(depths, dtype=torch.long)
+        hit = torch.tensor(hit, dtype=torch.bool)
+        node = torch.tensor(mine, dtype=torch.bool).nonzero().flatten()  # [n] the nodes learnt from (no root)
+        predicted = self.tree_probs(values, parents, depths)[node]  # before learning from these trees
         path_bucket = self.bucket(values[node])
         self.rel_pred.index_add_(0, path_bucket, predicted)
         self.rel_obs.index_add_(0, path_bucket, hit[node].float())
         self.rel_n.index_add_(0, path_bucket, torch.ones_like(predicted))
-        informative = hit[parents[node].clamp(min=0)]  # the parent was accepted, so this node was tried
-        log_q = (values[node] - values[parents[node].clamp(min=0)])[informative]
-        row = (depths[node][informative] - 1).clamp(0, MAX_DEPTH_BUCKET - 1)
+        informative = hit[parents[node]]  # the parent was accepted, so this node was tried
+        node = node[informative]
+        log_q = values[node] - values[parents[node]]
+        row = (depths[node] - 1).clamp(0, MAX_DEPTH_BUCKET - 1)
         col = self.bucket(log_q)
         keep = 1.0 - self.update_rate
-        self.hits.mul_(keep)
-        self.seen.mul_(keep)
-        self.hits.index_put_((row, col), hit[node][informative].float(), accumulate=True)
-        self.seen.index_put_((row, col), torch.ones(row.numel()), accumulate=True)
+        weight = keep ** torch.tensor(age, dtype=torch.float32)[node]  # [n]
+        self.hits.mul_(keep ** len(kept))
+        self.seen.mul_(keep ** len(kept))
+        self.hits.index_put_((row, col), hit[node].float() * weight, accumulate=True)
+        self.seen.index_put_((row, col), weight, accumulate=True)
 
     # -- reports ------------------------------------------------------------------------------------------------
     def reliability(self) -> list[dict]:

@@ -66,10 +66,14 @@ class DynamicDepth(DepthPolicy):
             raise DyndepthError(f"check depths must lie in 1..{self.max_depth - 1} (below max_depth), got {self.checks}")
 
     def should_stop(self, depth, beam_log_values, pool=None):
+        return self.should_stop_rows(depth, beam_log_values[None], [pool])[0]
+
+    def should_stop_rows(self, depth, beam_log_values, pools):
         if depth not in self.checks:
-            return False
-        self.last_mass = float(torch.logsumexp(beam_log_values.float(), dim=-1))
-        return self.last_mass < self.threshold
+            return [False] * beam_log_values.shape[0]
+        mass = torch.logsumexp(beam_log_values.float(), dim=-1)  # [A]: one read back for all rows
+        self.last_mass = float(mass[-1])
+        return (mass < self.threshold).tolist()
 
     def reads_beam(self, levels):
         """The check after depth d runs only when a row may grow past d (the grower asks while depth < levels)."""
